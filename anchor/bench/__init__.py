@@ -1,0 +1,1 @@
+"""Benchmarks behind ``anchor bench``: JSON with warm-up-excluded percentiles."""

@@ -1,0 +1,104 @@
+"""The ``anchor`` command line.
+
+argparse stops at this edge: arguments become typed settings and plain
+values before anything else runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from anchor.config import AnchorSettings, ConfigError, load_settings
+
+
+def _settings(args: argparse.Namespace) -> AnchorSettings:
+    path: Path | None = args.config
+    return load_settings(path)
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    print(json.dumps(settings.model_dump(mode="json"), indent=2))
+    return 0
+
+
+def _cmd_bench_graph(args: argparse.Namespace) -> int:
+    from anchor.bench.graph import bench_graph
+
+    result = asyncio.run(bench_graph(_settings(args), rounds=args.rounds, warmup=args.warmup))
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for key in ("overhead_first_audio_ms", "interrupt_to_silence_ms"):
+            s = result[key]
+            print(f"{key:28s} p50 {s['p50']:7.3f}  p95 {s['p95']:7.3f}  p99 {s['p99']:7.3f}  (n={s['n']})")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from anchor.demo import run_demo
+
+    texts = args.text or [
+        "Good evening, this is the anchor runtime.",
+        "Every word you hear is a tone, paced in real time, until the real voice lands.",
+    ]
+    result = asyncio.run(run_demo(_settings(args), texts, args.out, tail_s=args.tail))
+    if args.json:
+        print(json.dumps({k: v for k, v in result.items() if k != "prometheus"}, indent=2))
+        return 0
+    print(f"wrote {result['wav']} ({result['recorded_frames']} audio frames)")
+    for span in result["spans"]:
+        marks = ", ".join(f"{k} {v:.1f}" for k, v in span.items() if k.endswith("_ms") and v is not None)
+        print(f"  {span['utterance']}: {span['outcome']}; {marks}")
+    if args.metrics:
+        print(result["prometheus"])
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="anchor", description="Streaming real-time virtual anchor.")
+    parser.add_argument("--config", type=Path, default=None, help="TOML config file")
+    parser.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("config", help="print the effective, validated configuration as JSON")
+    p.set_defaults(func=_cmd_config)
+
+    p = sub.add_parser("demo", help="run a paced session end to end and record its audio")
+    p.add_argument("text", nargs="*", help="sentences to speak (one utterance each)")
+    p.add_argument("-o", "--out", type=Path, default=Path("anchor-demo.wav"), help="WAV to write")
+    p.add_argument("--tail", type=float, default=0.5, help="seconds of idle to record at the end")
+    p.add_argument("--json", action="store_true", help="print spans and summaries as JSON")
+    p.add_argument("--metrics", action="store_true", help="print Prometheus metrics at the end")
+    p.set_defaults(func=_cmd_demo)
+
+    bench = sub.add_parser("bench", help="benchmarks (JSON with p50/p90/p95/p99)")
+    bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    p = bench_sub.add_parser("graph", help="runtime overhead: first audio and interrupt-to-silence")
+    p.add_argument("--rounds", type=int, default=200)
+    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_bench_graph)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    try:
+        code: int = args.func(args)
+    except ConfigError as exc:
+        print(f"anchor: {exc}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

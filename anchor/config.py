@@ -1,0 +1,158 @@
+"""Typed configuration: every default lives here, and nowhere else.
+
+Precedence, highest first: keyword overrides, ``ANCHOR_*`` environment
+variables (nested with ``__``, e.g. ``ANCHOR_MEDIA__FPS=30``), the TOML file.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names every offending field."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MediaSettings(_Section):
+    sample_rate: int = Field(48000, description="Output audio rate (Hz); WebRTC Opus wants 48000.")
+    audio_frame_ms: int = Field(20, description="Audio frame length released by the pacer.")
+    fps: int = Field(25, ge=1, le=120, description="Video frames per second.")
+    width: int = Field(512, ge=16, le=4096)
+    height: int = Field(512, ge=16, le=4096)
+    pacer_lead_ms: float = Field(
+        20.0, ge=0, le=500, description="How far ahead of wall time the pacer may release media."
+    )
+    fade_ms: float = Field(5.0, ge=0, le=100, description="Fade-out applied when speech is cut.")
+
+    @model_validator(mode="after")
+    def _frame_fits_rate(self) -> MediaSettings:
+        if self.sample_rate not in (8000, 16000, 22050, 24000, 32000, 44100, 48000):
+            raise ValueError(f"sample_rate {self.sample_rate} is not a supported audio rate")
+        if self.audio_frame_ms not in (10, 20, 40, 60):
+            raise ValueError(f"audio_frame_ms must be 10, 20, 40 or 60, got {self.audio_frame_ms}")
+        if self.sample_rate * self.audio_frame_ms % 1000:
+            raise ValueError(
+                f"audio_frame_ms {self.audio_frame_ms} is not a whole number of samples "
+                f"at {self.sample_rate} Hz"
+            )
+        return self
+
+    @property
+    def audio_frame_samples(self) -> int:
+        return self.sample_rate * self.audio_frame_ms // 1000
+
+
+class GraphSettings(_Section):
+    audio_channel_ms: float = Field(
+        400.0, gt=0, description="Audio buffered between stages before the producer blocks."
+    )
+    video_channel_ms: float = Field(
+        1200.0,
+        gt=0,
+        description=(
+            "Video (and a video stage's audio input) buffered before the oldest frame drops. "
+            "Video is rendered from audio ahead of playout, so this must exceed audio_channel_ms."
+        ),
+    )
+    text_channel_items: int = Field(256, ge=1, description="Bound for frames without duration.")
+    stage_timeout_s: float = Field(
+        30.0, gt=0, description="Longest a stage may take to produce its next output."
+    )
+    cancel_timeout_s: float = Field(
+        2.0, gt=0, description="Longest a cancelled task may take to finish before it is reported."
+    )
+
+    @model_validator(mode="after")
+    def _video_covers_audio_lookahead(self) -> GraphSettings:
+        if self.video_channel_ms <= self.audio_channel_ms:
+            raise ValueError(
+                f"video_channel_ms ({self.video_channel_ms:g}) must exceed audio_channel_ms "
+                f"({self.audio_channel_ms:g}): frames rendered for buffered audio would be dropped "
+                "before they are due"
+            )
+        return self
+
+
+class RuntimeSettings(_Section):
+    worker_threads: int = Field(4, ge=1, le=64, description="Threads for blocking model calls.")
+    event_queue: int = Field(1024, ge=16, description="Per-subscriber session event buffer.")
+
+
+class MetricsSettings(_Section):
+    spans_kept: int = Field(2000, ge=1, description="Finished utterance spans kept in memory.")
+
+
+class AnchorSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="ANCHOR_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    media: MediaSettings = MediaSettings()
+    graph: GraphSettings = GraphSettings()
+    runtime: RuntimeSettings = RuntimeSettings()
+    metrics: MetricsSettings = MetricsSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, TomlConfigSettingsSource(settings_cls)
+
+
+def _describe(error: ValidationError, origin: str) -> str:
+    lines = [f"invalid configuration ({origin}):"]
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "<root>"
+        got = f" (got {item['input']!r})" if item["type"] != "missing" else ""
+        lines.append(f"  {where}: {item['msg']}{got}")
+    return "\n".join(lines)
+
+
+def load_settings(path: Path | None = None, **overrides: Any) -> AnchorSettings:
+    """Validated settings from ``path`` (TOML), the environment and ``overrides``.
+
+    Raises ``ConfigError`` naming the file and each bad field.
+    """
+    cls: type[AnchorSettings] = AnchorSettings
+    origin = "defaults and ANCHOR_* environment"
+    if path is not None:
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config file {path} is not UTF-8 text: {exc}") from exc
+        cls = type(
+            "AnchorSettingsFromFile",
+            (AnchorSettings,),
+            {"model_config": SettingsConfigDict(**{**AnchorSettings.model_config, "toml_file": path})},
+        )
+        origin = f"{path}, ANCHOR_* environment"
+    try:
+        return cls(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, origin)) from None

@@ -1,0 +1,309 @@
+"""A session: one anchor program (one graph, one paced edge, many viewers).
+
+Lifecycle: ``Runtime.open_session`` -> ``say``/``push``/``interrupt`` ->
+``aclose``. Closing cancels every task the session started (bounded by the
+cancel timeout) and leaves no task or descriptor behind. A stage that raises
+ends only the utterance it was working on, with an ``error`` event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Literal
+
+from anchor.aio import TaskOwner, cancel_and_wait
+from anchor.config import AnchorSettings
+from anchor.frames import (
+    EndReason,
+    ErrorEvent,
+    Frame,
+    Interrupt,
+    Say,
+    SpeechStarted,
+    TextDelta,
+)
+from anchor.graph import Graph, GraphRun, Hooks
+from anchor.metrics import Metrics
+from anchor.pacer import IdleVideo, OutputPacer, StillImage, Subscription
+from anchor.stage import StageContext
+from anchor.utterances import Utterances
+
+log = logging.getLogger(__name__)
+
+EventKind = Literal[
+    "utterance_started",
+    "audio_started",
+    "video_started",
+    "utterance_finished",
+    "error",
+    "silence",
+]
+
+
+class SessionClosed(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEvent:
+    kind: EventKind
+    utterance_id: str = ""
+    detail: str = ""
+    at_ns: int = field(default_factory=time.monotonic_ns)
+
+
+class EventStream:
+    """A bounded feed of session events; the oldest is dropped (and counted) when full."""
+
+    def __init__(self, maxlen: int) -> None:
+        self._events: deque[SessionEvent] = deque()
+        self._maxlen = maxlen
+        self._waiter: asyncio.Future[None] | None = None
+        self.closed = False
+        self.dropped = 0
+
+    def publish(self, event: SessionEvent) -> None:
+        self._events.append(event)
+        if len(self._events) > self._maxlen:
+            self._events.popleft()
+            self.dropped += 1
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def close(self) -> None:
+        self.closed = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def next(self) -> SessionEvent | None:
+        while not self._events:
+            if self.closed:
+                return None
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        return self._events.popleft()
+
+    async def __aiter__(self) -> AsyncIterator[SessionEvent]:
+        while (event := await self.next()) is not None:
+            yield event
+
+
+class Session:
+    def __init__(
+        self,
+        session_id: str,
+        graph: Graph,
+        *,
+        settings: AnchorSettings,
+        metrics: Metrics,
+        executor: Executor,
+        idle: IdleVideo | None = None,
+        barge_in: bool = True,
+    ) -> None:
+        self.id = session_id
+        self.settings = settings
+        self.metrics = metrics
+        self.barge_in = barge_in
+        self.state: Literal["new", "running", "closed"] = "new"
+        self.utterances = Utterances(session_id)
+        self._owner = TaskOwner(
+            f"session {session_id}", settings.graph.cancel_timeout_s, self._background_failed
+        )
+        self._control: asyncio.Queue[Frame] = asyncio.Queue(maxsize=256)
+        self._streams: list[EventStream] = []
+        self._interrupt_ns: int | None = None
+        hooks = Hooks(
+            is_stale=self.utterances.is_stale,
+            on_emit=self._on_emit,
+            on_control=self._on_control,
+            on_stage_time=metrics.observe_stage,
+            on_drop=lambda where, _f: metrics.frames_dropped.labels(where).inc(),
+        )
+        media = settings.media
+        self.pacer = OutputPacer(
+            media,
+            settings.graph,
+            idle=idle or StillImage.gray(media.width, media.height),
+            listener=self,
+            is_stale=self.utterances.is_stale,
+            is_live=self.utterances.is_live,
+        )
+        self._run = GraphRun(
+            graph,
+            settings=settings,
+            ctx=StageContext(session_id, settings, executor),
+            hooks=hooks,
+            audio_out=self.pacer.audio,
+            video_out=self.pacer.video,
+            owner=self._owner,
+        )
+
+    # -- lifecycle -----------------------------------------------------------------
+    async def start(self) -> None:
+        if self.state != "new":
+            raise RuntimeError(f"session {self.id} was already started")
+        await self._run.start()
+        self._owner.spawn(self.pacer.run(), "pacer")
+        self._owner.spawn(self._control_loop(), "control")
+        self.state = "running"
+        self.metrics.sessions.inc()
+
+    async def aclose(self) -> None:
+        """Stop everything this session started; safe to call twice."""
+        if self.state == "closed":
+            return
+        was_running = self.state == "running"
+        self.state = "closed"
+        live = self.utterances.cancel(self.utterances.live())
+        for uid in live:
+            self.metrics.finish(uid, "closed")
+        await self._owner.aclose()
+        await self._run.stop_stages()
+        self.pacer.close()
+        for stream in self._streams:
+            stream.close()
+        self._streams.clear()
+        if was_running:
+            self.metrics.sessions.dec()
+
+    async def __aenter__(self) -> Session:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def _require_running(self) -> None:
+        if self.state != "running":
+            raise SessionClosed(f"session {self.id} is {self.state}")
+
+    # -- input ---------------------------------------------------------------------
+    async def say(self, text: str, *, uninterruptible: bool = False) -> str:
+        """Start a new utterance speaking ``text``; returns its id."""
+        self._require_running()
+        utt = self.utterances.new(uninterruptible=uninterruptible)
+        self.metrics.start(self.id, utt.id)
+        self._publish(SessionEvent("utterance_started", utt.id, text[:200]))
+        await self._run.push(Say(text=text, utterance_id=utt.id, uninterruptible=uninterruptible))
+        return utt.id
+
+    async def push(self, frame: Frame) -> None:
+        """Feed an input frame (e.g. viewer audio) to the graph's root stages."""
+        self._require_running()
+        if frame.system:
+            self._on_control(frame)
+            return
+        await self._run.push(frame)
+
+    async def interrupt(self, reason: str = "interrupt") -> frozenset[str]:
+        """Cut every interruptible utterance now; returns the ids that were cancelled."""
+        self._require_running()
+        ids = self.utterances.interruptible()
+        if not ids:
+            return ids
+        self._interrupt_ns = time.monotonic_ns()
+        cut = await self._cancel(ids, "interrupted", reason)
+        if not cut:
+            # None of it had reached the edge: silence is immediate.
+            self.silence()
+        return ids
+
+    async def _cancel(self, ids: frozenset[str], outcome: str, detail: str) -> bool:
+        if not ids:
+            return False
+        live = self.utterances.cancel(ids)
+        works = self._run.cancel(ids)
+        cut = self.pacer.cancel(ids)
+        for uid in live:
+            self.metrics.finish(uid, outcome, detail if outcome == "error" else "")
+            self._publish(SessionEvent("utterance_finished", uid, outcome))
+        if works:
+            await cancel_and_wait(works, self.settings.graph.cancel_timeout_s)
+        return cut
+
+    # -- output --------------------------------------------------------------------
+    def subscribe(self, *, audio_ms: float = 500.0, video_frames: int = 8) -> Subscription:
+        self._require_running()
+        return self.pacer.subscribe(audio_ms=audio_ms, video_frames=video_frames)
+
+    def events(self) -> EventStream:
+        stream = EventStream(self.settings.runtime.event_queue)
+        if self.state == "closed":
+            stream.close()
+        else:
+            self._streams.append(stream)
+        return stream
+
+    def _publish(self, event: SessionEvent) -> None:
+        for stream in self._streams:
+            stream.publish(event)
+
+    # -- the control lane ----------------------------------------------------------
+    def _on_emit(self, frame: Frame) -> None:
+        if isinstance(frame, TextDelta):
+            self.metrics.mark(frame.utterance_id, "first_text")
+
+    def _on_control(self, frame: Frame) -> None:
+        try:
+            self._control.put_nowait(frame)
+        except asyncio.QueueFull:
+            log.error("session %s: control lane full, dropped %s", self.id, type(frame).__name__)
+
+    async def _control_loop(self) -> None:
+        while True:
+            frame = await self._control.get()
+            if isinstance(frame, ErrorEvent):
+                log.warning(
+                    "session %s: stage %s failed on %s: %s",
+                    self.id,
+                    frame.stage,
+                    frame.utterance_id,
+                    frame.message,
+                )
+                self.metrics.stage_errors.labels(frame.stage).inc()
+                self._publish(SessionEvent("error", frame.utterance_id, f"{frame.stage}: {frame.message}"))
+                if frame.utterance_id:
+                    await self._cancel(frozenset({frame.utterance_id}), "error", frame.message)
+            elif isinstance(frame, Interrupt):
+                await self.interrupt(frame.reason)
+            elif isinstance(frame, SpeechStarted) and self.barge_in:
+                await self.interrupt("barge-in")
+
+    def _background_failed(self, name: str, exc: BaseException) -> None:
+        self._publish(SessionEvent("error", "", f"{name} failed: {type(exc).__name__}: {exc}"))
+
+    # -- PacerListener -------------------------------------------------------------
+    def audio_started(self, utterance_id: str) -> None:
+        self.metrics.mark(utterance_id, "first_audio")
+        self._publish(SessionEvent("audio_started", utterance_id))
+
+    def video_started(self, utterance_id: str) -> None:
+        self.metrics.mark(utterance_id, "first_video")
+        self._publish(SessionEvent("video_started", utterance_id))
+
+    def utterance_ended(self, utterance_id: str, reason: EndReason) -> None:
+        if self.utterances.finish(utterance_id):
+            self.metrics.finish(utterance_id, reason)
+            self._publish(SessionEvent("utterance_finished", utterance_id, reason))
+
+    def silence(self) -> None:
+        if self._interrupt_ns is None:
+            return
+        now = time.monotonic_ns()
+        self.metrics.observe_interrupt(self._interrupt_ns, now)
+        self._publish(SessionEvent("silence", "", f"{(now - self._interrupt_ns) / 1e6:.2f} ms"))
+        self._interrupt_ns = None
+
+    def underrun(self, utterance_id: str, seconds: float) -> None:
+        self.metrics.audio_underrun.inc(seconds)
+
+    def dropped(self, where: str, frame: Frame) -> None:
+        self.metrics.frames_dropped.labels(where).inc()
+
+    def bad_frame(self, utterance_id: str, message: str) -> None:
+        self._on_control(ErrorEvent(utterance_id=utterance_id, stage="output", message=message))

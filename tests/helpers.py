@@ -1,0 +1,78 @@
+"""Shared builders for runtime tests: fake graphs and readers of the paced edge."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from anchor import AUDIO_OUT, VIDEO_OUT, AnchorSettings, Graph, SessionEvent
+from anchor.fakes import FakeFace, FakeResponder, FakeTTS, Faults
+from anchor.frames import AudioChunk, VideoFrame
+from anchor.pacer import Subscription
+from anchor.session import EventStream
+
+FAST = AnchorSettings(media={"width": 32, "height": 32})  # type: ignore[arg-type]
+MS_PER_WORD = 40.0
+
+
+def speech_graph(
+    *,
+    tts_faults: Faults | None = None,
+    tts_timeout_s: float | None = None,
+    face: bool = True,
+    sample_rate: int = 48000,
+) -> Graph:
+    responder = FakeResponder("responder")
+    tts = FakeTTS(
+        "tts",
+        sample_rate=sample_rate,
+        ms_per_word=MS_PER_WORD,
+        faults=tts_faults or Faults(),
+        timeout_s=tts_timeout_s,
+    )
+    graph = Graph().chain(responder, tts).link(tts, AUDIO_OUT)
+    if face:
+        f = FakeFace("face", size=(32, 32))
+        graph.add(f).link(tts, f).link(f, VIDEO_OUT)
+    return graph
+
+
+def words(n: int, prefix: str = "w") -> str:
+    return " ".join(f"{prefix}{i}" for i in range(n))
+
+
+@dataclass
+class Tape:
+    """Everything a subscriber received, in order."""
+
+    audio: list[AudioChunk] = field(default_factory=list)
+    video: list[VideoFrame] = field(default_factory=list)
+
+    def audio_of(self, utterance_id: str) -> list[AudioChunk]:
+        return [a for a in self.audio if a.utterance_id == utterance_id]
+
+    def video_of(self, utterance_id: str) -> list[VideoFrame]:
+        return [v for v in self.video if v.utterance_id == utterance_id]
+
+
+async def record(sub: Subscription, tape: Tape) -> None:
+    async def audio() -> None:
+        while (a := await sub.next_audio()) is not None:
+            tape.audio.append(a)
+
+    async def video() -> None:
+        while (v := await sub.next_video()) is not None:
+            tape.video.append(v)
+
+    await asyncio.gather(audio(), video())
+
+
+async def next_event(
+    events: EventStream, kind: str, utterance_id: str | None = None, *, guard_s: float = 10.0
+) -> SessionEvent:
+    """The next event of ``kind`` (for ``utterance_id``); ``guard_s`` only stops a hung test."""
+    async with asyncio.timeout(guard_s):
+        while (event := await events.next()) is not None:
+            if event.kind == kind and (utterance_id is None or event.utterance_id == utterance_id):
+                return event
+    raise AssertionError(f"event stream closed before a {kind!r} event")

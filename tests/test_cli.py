@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import wave
+from pathlib import Path
+
+import pytest
+
+from anchor.cli import main
+
+
+def test_help_lists_the_subcommands() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "anchor", "--help"], check=True, capture_output=True, text=True
+    ).stdout
+    for command in ("config", "demo", "bench"):
+        assert command in out
+
+
+def test_bench_graph_prints_percentiles_as_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "graph", "--json", "--rounds", "5", "--warmup", "1"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    for key in ("overhead_first_audio_ms", "interrupt_to_silence_ms"):
+        stats = result[key]
+        assert stats["n"] == 5
+        assert 0 <= stats["p50"] <= stats["p95"] <= stats["max"]
+    assert {"responder", "tts"} <= set(result["stage_ms"])
+
+
+def test_demo_records_paced_speech(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    wav = tmp_path / "demo.wav"
+    assert main(["demo", "one two three", "four five", "-o", str(wav), "--tail", "0.1", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [s["outcome"] for s in result["spans"]] == ["done", "done"]
+    with wave.open(str(wav)) as w:
+        assert w.getframerate() == 48000 and w.getnchannels() == 1
+        seconds = w.getnframes() / w.getframerate()
+    # five words of 120 ms each, plus the idle tail: the recording is the paced program.
+    assert seconds >= 0.6
+    assert result["recorded_frames"] == w.getnframes() // 960
+
+
+def test_config_errors_exit_2_with_the_field(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[graph]\nstage_timeout_s = -1\n")
+    assert main(["--config", str(cfg), "config"]) == 2
+    err = capsys.readouterr().err
+    assert "graph.stage_timeout_s: Input should be greater than 0 (got -1)" in err
+
+
+def test_config_prints_effective_settings(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["config"]) == 0
+    assert json.loads(capsys.readouterr().out)["media"]["fps"] == 25
