@@ -47,29 +47,15 @@ class Metrics:
     def __init__(self, spans_kept: int = 2000) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         reg = self.registry
-        self.first_text = Histogram(
-            "anchor_first_text_seconds",
-            "Command in -> first response text.",
-            buckets=_LATENCY_BUCKETS,
-            registry=reg,
+        self.first_text = self._latency("anchor_first_text_seconds", "Command in -> first response text.")
+        self.first_audio = self._latency(
+            "anchor_first_audio_seconds", "Command in -> first speech audio released at the edge."
         )
-        self.first_audio = Histogram(
-            "anchor_first_audio_seconds",
-            "Command in -> first speech audio released at the edge.",
-            buckets=_LATENCY_BUCKETS,
-            registry=reg,
+        self.first_video = self._latency(
+            "anchor_first_video_seconds", "Command in -> first speaking video frame at the edge."
         )
-        self.first_video = Histogram(
-            "anchor_first_video_seconds",
-            "Command in -> first speaking video frame at the edge.",
-            buckets=_LATENCY_BUCKETS,
-            registry=reg,
-        )
-        self.interrupt_to_silence = Histogram(
-            "anchor_interrupt_to_silence_seconds",
-            "Interrupt -> first silent frame at the edge.",
-            buckets=_LATENCY_BUCKETS,
-            registry=reg,
+        self.interrupt_to_silence = self._latency(
+            "anchor_interrupt_to_silence_seconds", "Interrupt -> first silent frame at the edge."
         )
         self.stage_latency = Histogram(
             "anchor_stage_latency_seconds",
@@ -101,6 +87,9 @@ class Metrics:
         self._interrupts: deque[float] = deque(maxlen=spans_kept)
         self._stage_ms: dict[str, deque[float]] = {}
         self._spans_kept = spans_kept
+
+    def _latency(self, name: str, doc: str) -> Histogram:
+        return Histogram(name, doc, buckets=_LATENCY_BUCKETS, registry=self.registry)
 
     def start(self, session_id: str, utterance_id: str, at_ns: int | None = None) -> UtteranceSpan:
         span = UtteranceSpan(session_id, utterance_id, at_ns or time.monotonic_ns())

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
 from fractions import Fraction
 from typing import Protocol
@@ -39,6 +39,7 @@ from anchor.channel import Overflow, media_channel
 from anchor.clock import samples_for_ms, video_frame_span
 from anchor.config import GraphSettings, MediaSettings
 from anchor.frames import AudioChunk, EndOfUtterance, EndReason, Frame, VideoFrame
+from anchor.mailbox import Mailbox
 from anchor.utterances import RecentIds
 
 _STALL_S = 0.2
@@ -79,59 +80,49 @@ class PacerListener(Protocol):
 
 
 class Subscription:
-    """One consumer's view of the released program (a WebRTC track, a recorder)."""
+    """One consumer's view of the released program (a WebRTC track, a recorder).
+
+    One reader per kind (audio, video). Bounded: a stalled reader loses its
+    oldest media (counted), and never slows the pacer or other readers.
+    """
 
     def __init__(self, *, audio_ms: float, video_frames: int) -> None:
-        self._audio: deque[AudioChunk] = deque()
-        self._video: deque[VideoFrame] = deque()
+        self._audio: Mailbox[AudioChunk] = Mailbox()
+        self._video: Mailbox[VideoFrame] = Mailbox()
         self._audio_ms_max = audio_ms
         self._video_max = video_frames
         self._audio_ms = 0.0
-        self._audio_waiter: asyncio.Future[None] | None = None
-        self._video_waiter: asyncio.Future[None] | None = None
-        self.closed = False
         self.dropped_audio = 0
         self.dropped_video = 0
 
+    @property
+    def closed(self) -> bool:
+        return self._audio.closed
+
     async def next_audio(self) -> AudioChunk | None:
         """The next released audio frame; ``None`` once the session closed."""
-        while not self._audio:
-            if self.closed:
-                return None
-            self._audio_waiter = asyncio.get_running_loop().create_future()
-            await self._audio_waiter
-        chunk = self._audio.popleft()
-        self._audio_ms -= chunk.duration_ms
+        chunk = await self._audio.get()
+        if chunk is not None:
+            self._audio_ms -= chunk.duration_ms
         return chunk
 
     async def next_video(self) -> VideoFrame | None:
         """The next released video frame; ``None`` once the session closed."""
-        while not self._video:
-            if self.closed:
-                return None
-            self._video_waiter = asyncio.get_running_loop().create_future()
-            await self._video_waiter
-        return self._video.popleft()
-
-    @staticmethod
-    def _wake(waiter: asyncio.Future[None] | None) -> None:
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        return await self._video.get()
 
     def deliver_audio(self, chunk: AudioChunk) -> None:
-        self._audio.append(chunk)
+        self._audio.put(chunk)
         self._audio_ms += chunk.duration_ms
-        while self._audio_ms > self._audio_ms_max and len(self._audio) > 1:
-            self._audio_ms -= self._audio.popleft().duration_ms
+        queued = self._audio.items
+        while self._audio_ms > self._audio_ms_max and len(queued) > 1:
+            self._audio_ms -= queued.popleft().duration_ms
             self.dropped_audio += 1
-        self._wake(self._audio_waiter)
 
     def deliver_video(self, frame: VideoFrame) -> None:
-        self._video.append(frame)
+        self._video.put(frame)
         while len(self._video) > self._video_max:
-            self._video.popleft()
+            self._video.items.popleft()
             self.dropped_video += 1
-        self._wake(self._video_waiter)
 
     def clear(self, utterance_ids: frozenset[str], fade: npt.NDArray[np.float32]) -> bool:
         """Silence queued speech of ``utterance_ids`` (pts kept); True if any was queued.
@@ -139,31 +130,31 @@ class Subscription:
         The first replaced frame fades its own speech out so the cut has no click.
         """
         replaced = False
-        for i, chunk in enumerate(self._audio):
+        queued = self._audio.items
+        for i, chunk in enumerate(queued):
             if chunk.utterance_id in utterance_ids and not chunk.uninterruptible:
                 pcm = np.zeros_like(chunk.pcm)
                 if not replaced:
                     n = min(len(fade), chunk.num_samples)
                     pcm[:n] = chunk.pcm[:n] * fade[:n]
                     replaced = True
-                self._audio[i] = AudioChunk(pcm=pcm, sample_rate=chunk.sample_rate, pts=chunk.pts)
-        self._video = deque(
-            f for f in self._video if f.utterance_id not in utterance_ids or f.uninterruptible
-        )
+                queued[i] = AudioChunk(pcm=pcm, sample_rate=chunk.sample_rate, pts=chunk.pts)
+        kept = [f for f in self._video.items if f.utterance_id not in utterance_ids or f.uninterruptible]
+        self._video.items.clear()
+        self._video.items.extend(kept)
         return replaced
 
     def discard_queued(self) -> int:
         """Forget everything released but not yet read; returns how many frames."""
         count = len(self._audio) + len(self._video)
-        self._audio.clear()
-        self._video.clear()
+        self._audio.items.clear()
+        self._video.items.clear()
         self._audio_ms = 0.0
         return count
 
     def close(self) -> None:
-        self.closed = True
-        self._wake(self._audio_waiter)
-        self._wake(self._video_waiter)
+        self._audio.close()
+        self._video.close()
 
 
 class OutputPacer:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from anchor.frames import (
     TextDelta,
 )
 from anchor.graph import Graph, GraphRun, Hooks
+from anchor.mailbox import Mailbox
 from anchor.metrics import Metrics
 from anchor.pacer import IdleVideo, OutputPacer, StillImage, Subscription
 from anchor.stage import StageContext
@@ -62,32 +62,26 @@ class EventStream:
     """A bounded feed of session events; the oldest is dropped (and counted) when full."""
 
     def __init__(self, maxlen: int) -> None:
-        self._events: deque[SessionEvent] = deque()
+        self._box: Mailbox[SessionEvent] = Mailbox()
         self._maxlen = maxlen
-        self._waiter: asyncio.Future[None] | None = None
-        self.closed = False
         self.dropped = 0
 
+    @property
+    def closed(self) -> bool:
+        return self._box.closed
+
     def publish(self, event: SessionEvent) -> None:
-        self._events.append(event)
-        if len(self._events) > self._maxlen:
-            self._events.popleft()
+        self._box.put(event)
+        if len(self._box) > self._maxlen:
+            self._box.items.popleft()
             self.dropped += 1
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
 
     def close(self) -> None:
-        self.closed = True
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+        self._box.close()
 
     async def next(self) -> SessionEvent | None:
-        while not self._events:
-            if self.closed:
-                return None
-            self._waiter = asyncio.get_running_loop().create_future()
-            await self._waiter
-        return self._events.popleft()
+        """The next event; ``None`` once the session closed and all were read."""
+        return await self._box.get()
 
     async def __aiter__(self) -> AsyncIterator[SessionEvent]:
         while (event := await self.next()) is not None:

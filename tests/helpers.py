@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from anchor import AUDIO_OUT, VIDEO_OUT, AnchorSettings, Graph, SessionEvent
 from anchor.fakes import FakeFace, FakeResponder, FakeTTS, Faults
 from anchor.frames import AudioChunk, VideoFrame
 from anchor.pacer import Subscription
-from anchor.session import EventStream
+from anchor.session import EventStream, Session
 
 FAST = AnchorSettings(media={"width": 32, "height": 32})  # type: ignore[arg-type]
 MS_PER_WORD = 40.0
@@ -53,6 +55,19 @@ class Tape:
 
     def video_of(self, utterance_id: str) -> list[VideoFrame]:
         return [v for v in self.video if v.utterance_id == utterance_id]
+
+
+@contextlib.asynccontextmanager
+async def recording(session: Session, **subscribe: float) -> AsyncIterator[Tape]:
+    """Record the session's paced edge; on exit close the session and finish the tape."""
+    sub = session.subscribe(**subscribe)  # type: ignore[arg-type]
+    tape = Tape()
+    recorder = asyncio.get_running_loop().create_task(record(sub, tape), name="test:record")
+    try:
+        yield tape
+    finally:
+        await session.aclose()
+        await recorder
 
 
 async def record(sub: Subscription, tape: Tape) -> None:

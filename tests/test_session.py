@@ -13,7 +13,7 @@ import pytest
 from anchor import AUDIO_OUT, VIDEO_OUT, Graph, Runtime, Stage
 from anchor.fakes import FakeFace, FakeResponder, FakeTTS, Faults
 from anchor.frames import AudioChunk, EndOfUtterance, Frame, Interrupt, TextDelta
-from tests.helpers import FAST, MS_PER_WORD, Tape, next_event, record, speech_graph, words
+from tests.helpers import FAST, MS_PER_WORD, Tape, next_event, recording, speech_graph, words
 
 FRAME = FAST.media.audio_frame_samples
 WORD_SAMPLES = int(MS_PER_WORD * FAST.media.sample_rate / 1000)
@@ -51,13 +51,9 @@ async def test_frames_keep_their_order_through_the_graph() -> None:
     async with Runtime(FAST) as rt:
         session = await rt.open_session(graph)
         events = session.events()
-        sub = session.subscribe(audio_ms=10_000)
-        tape = Tape()
-        recorder = asyncio.create_task(record(sub, tape))
-        uid = await session.say(words(12))
-        await next_event(events, "utterance_finished", uid)
-        await session.aclose()
-        await recorder
+        async with recording(session, audio_ms=10_000) as tape:
+            uid = await session.say(words(12))
+            await next_event(events, "utterance_finished", uid)
     texts = [f.text.strip() for f in slow.seen if isinstance(f, TextDelta)]
     assert texts == [f"w{i}" for i in range(12)]
     assert isinstance(slow.seen[-1], EndOfUtterance)
@@ -95,14 +91,10 @@ async def test_video_overflow_drops_the_oldest_and_counts() -> None:
     async with Runtime(FAST) as rt:
         session = await rt.open_session(graph)
         events = session.events()
-        sub = session.subscribe(video_frames=1000)
-        tape = Tape()
-        recorder = asyncio.create_task(record(sub, tape))
-        uid = await session.say("long")
-        await next_event(events, "utterance_finished", uid)
-        dropped = rt.metrics.frames_dropped.labels("video_out")._value.get()
-        await session.aclose()
-        await recorder
+        async with recording(session, video_frames=1000) as tape:
+            uid = await session.say("long")
+            await next_event(events, "utterance_finished", uid)
+            dropped = rt.metrics.frames_dropped.labels("video_out")._value.get()
     assert session.pacer.video.dropped == dropped == 10
     assert [v.index for v in tape.video_of(uid)][:2] == [10, 11], "the oldest frames went"
 
@@ -114,29 +106,25 @@ async def test_interrupt_flushes_every_stage_and_the_sink() -> None:
     async with Runtime(FAST) as rt:
         session = await rt.open_session(graph)
         events = session.events()
-        sub = session.subscribe()
-        tape = Tape()
-        recorder = asyncio.create_task(record(sub, tape))
-        uid = await session.say(words(80))
-        await next_event(events, "audio_started", uid)
-        while session.pacer.audio.buffered_ms == 0:  # noqa: ASYNC110 - a test waiting on a buffer level
-            await asyncio.sleep(0.005)
-        run = session._run
-        assert len(run.runners[id(slow)].inbox) > 0, "text is queued upstream"
-        cancelled = await session.interrupt()
-        assert cancelled == {uid}
-        for runner in run.runners.values():
-            assert not any(f.utterance_id == uid for f in runner.inbox._items)
-            assert runner._work is None or runner._work.done() or runner._work_frame is None
-        assert len(session.pacer.audio) == 0
-        finished = await next_event(events, "utterance_finished", uid)
-        assert finished.detail == "interrupted"
-        await next_event(events, "silence")
-        cut_at = len(tape.audio)
-        after = await session.say("fresh words")
-        await next_event(events, "utterance_finished", after)
-        await session.aclose()
-        await recorder
+        async with recording(session) as tape:
+            uid = await session.say(words(80))
+            await next_event(events, "audio_started", uid)
+            while session.pacer.audio.buffered_ms == 0:  # noqa: ASYNC110 - a test waiting on a buffer level
+                await asyncio.sleep(0.005)
+            run = session._run
+            assert len(run.runners[id(slow)].inbox) > 0, "text is queued upstream"
+            cancelled = await session.interrupt()
+            assert cancelled == {uid}
+            for runner in run.runners.values():
+                assert not any(f.utterance_id == uid for f in runner.inbox._items)
+                assert runner._work is None or runner._work.done() or runner._work_frame is None
+            assert len(session.pacer.audio) == 0
+            finished = await next_event(events, "utterance_finished", uid)
+            assert finished.detail == "interrupted"
+            await next_event(events, "silence")
+            cut_at = len(tape.audio)
+            after = await session.say("fresh words")
+            await next_event(events, "utterance_finished", after)
     late = [a for a in tape.audio[cut_at:] if a.utterance_id == uid]
     assert not late, "no stale speech after the interrupt"
     assert speech_samples(tape, after) > 0
@@ -147,17 +135,13 @@ async def test_uninterruptible_utterance_survives_an_interrupt() -> None:
     async with Runtime(FAST) as rt:
         session = await rt.open_session(speech_graph())
         events = session.events()
-        sub = session.subscribe(audio_ms=10_000)
-        tape = Tape()
-        recorder = asyncio.create_task(record(sub, tape))
-        keep = await session.say(words(10, "k"), uninterruptible=True)
-        drop = await session.say(words(10, "d"))
-        await next_event(events, "audio_started", keep)
-        assert await session.interrupt() == {drop}
-        done = await next_event(events, "utterance_finished", keep)
-        assert done.detail == "done"
-        await session.aclose()
-        await recorder
+        async with recording(session, audio_ms=10_000) as tape:
+            keep = await session.say(words(10, "k"), uninterruptible=True)
+            drop = await session.say(words(10, "d"))
+            await next_event(events, "audio_started", keep)
+            assert await session.interrupt() == {drop}
+            done = await next_event(events, "utterance_finished", keep)
+            assert done.detail == "done"
     # Every sample of the protected utterance played; the other one never did.
     assert speech_samples(tape, keep) == pytest.approx(10 * WORD_SAMPLES, rel=0.01)
     assert speech_samples(tape, drop) == 0
@@ -182,18 +166,14 @@ async def test_a_raising_stage_ends_one_utterance_and_no_other_session() -> None
         broken = await rt.open_session(speech_graph(tts_faults=Faults(fail_marker="FAIL")))
         healthy = await rt.open_session(speech_graph())
         broken_events, healthy_events = broken.events(), healthy.events()
-        sub = healthy.subscribe(audio_ms=10_000)
-        tape = Tape()
-        recorder = asyncio.create_task(record(sub, tape))
-        ok = await healthy.say(words(15))
-        bad = await broken.say("this will FAIL now")
-        error = await next_event(broken_events, "error", bad)
-        assert "FakeStageError: tts: injected failure" in error.detail
-        assert (await next_event(healthy_events, "utterance_finished", ok)).detail == "done"
-        again = await broken.say("and recovers")
-        assert (await next_event(broken_events, "utterance_finished", again)).detail == "done"
-        await healthy.aclose()
-        await recorder
+        async with recording(healthy, audio_ms=10_000) as tape:
+            ok = await healthy.say(words(15))
+            bad = await broken.say("this will FAIL now")
+            error = await next_event(broken_events, "error", bad)
+            assert "FakeStageError: tts: injected failure" in error.detail
+            assert (await next_event(healthy_events, "utterance_finished", ok)).detail == "done"
+            again = await broken.say("and recovers")
+            assert (await next_event(broken_events, "utterance_finished", again)).detail == "done"
     assert speech_samples(tape, ok) == pytest.approx(15 * WORD_SAMPLES, rel=0.01)
     assert_contiguous(tape)
 
@@ -202,18 +182,14 @@ async def test_pts_are_continuous_across_utterances_and_interrupts() -> None:
     async with Runtime(FAST) as rt:
         session = await rt.open_session(speech_graph())
         events = session.events()
-        sub = session.subscribe(audio_ms=10_000, video_frames=1000)
-        tape = Tape()
-        recorder = asyncio.create_task(record(sub, tape))
-        first = await session.say(words(5))
-        await next_event(events, "utterance_finished", first)
-        second = await session.say(words(30))
-        await next_event(events, "audio_started", second)
-        await session.interrupt()
-        third = await session.say(words(5))
-        await next_event(events, "utterance_finished", third)
-        await session.aclose()
-        await recorder
+        async with recording(session, audio_ms=10_000, video_frames=1000) as tape:
+            first = await session.say(words(5))
+            await next_event(events, "utterance_finished", first)
+            second = await session.say(words(30))
+            await next_event(events, "audio_started", second)
+            await session.interrupt()
+            third = await session.say(words(5))
+            await next_event(events, "utterance_finished", third)
     assert_contiguous(tape)
     for uid in (first, third):
         # The face's frames sit exactly on the program samples of their audio.
