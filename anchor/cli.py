@@ -13,8 +13,13 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from anchor.config import AnchorSettings, ConfigError, load_settings
+from engines.registry import catalog
+from engines.spec import EngineSpec
+from engines.tools import build_engines, list_engines
+from engines.weights import WeightsError
 
 
 def _settings(args: argparse.Namespace) -> AnchorSettings:
@@ -61,6 +66,64 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _engine_specs(settings: AnchorSettings, only: list[str] | None = None) -> dict[str, EngineSpec]:
+    specs = catalog(settings.engines)
+    unknown = sorted(set(only or []) - set(specs))
+    if unknown:
+        raise ConfigError(f"unknown engine(s) {unknown}; known: {sorted(specs)}")
+    return {k: v for k, v in specs.items() if not only or k in only}
+
+
+def _print(result: dict[str, Any] | list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    for row in result if isinstance(result, list) else [result]:
+        print("  ".join(f"{k}={v}" for k, v in row.items() if not isinstance(v, dict | list)))
+        for k, v in row.items():
+            if isinstance(v, dict | list):
+                print(f"    {k}: {json.dumps(v)}")
+
+
+def _cmd_engines_list(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    _print(list_engines(_engine_specs(settings), settings.engines), args.json)
+    return 0
+
+
+def _cmd_engines_build(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    report = build_engines(_engine_specs(settings, args.engine), settings.engines)
+    _print(report, args.json)
+    return 0 if all(r.get("status") == "ok" for r in report) else 1
+
+
+def _cmd_engines_bench(args: argparse.Namespace) -> int:
+    from anchor.bench.engines import bench_engine
+
+    settings = _settings(args)
+    spec = _engine_specs(settings, [args.name])[args.name]
+    try:
+        batches = [int(b) for b in args.batch.split(",")]
+        sizes = dict(item.split("=", 1) for item in args.size)
+        axis_sizes = {k: int(v) for k, v in sizes.items()}
+    except ValueError:
+        raise ConfigError(
+            f"--batch takes integers like 1,4,16 and --size AXIS=N, got {args.batch!r} {args.size}"
+        ) from None
+    result = bench_engine(
+        spec,
+        settings.engines,
+        batches=batches,
+        backend=args.backend,
+        iterations=args.iterations,
+        warmup=args.warmup,
+        **axis_sizes,
+    )
+    _print(result, args.json)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anchor", description="Streaming real-time virtual anchor.")
     parser.add_argument("--config", type=Path, default=None, help="TOML config file")
@@ -78,6 +141,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", action="store_true", help="print Prometheus metrics at the end")
     p.set_defaults(func=_cmd_demo)
 
+    engines = sub.add_parser("engines", help="neural engines: list, build (ONNX/TensorRT), bench")
+    engines_sub = engines.add_subparsers(dest="engines", required=True, metavar="ACTION")
+    p = engines_sub.add_parser("list", help="each engine, its backend, precision and weights")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_engines_list)
+    p = engines_sub.add_parser("build", help="export and check ONNX, prove parity, build TensorRT plans")
+    p.add_argument("engine", nargs="*", help="engines to build (default: all)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_engines_build)
+    p = engines_sub.add_parser("bench", help="latency p50/p90/p99 and throughput per batch size")
+    p.add_argument("name", help="engine name (see 'anchor engines list')")
+    p.add_argument("--batch", default="1,4,16", help="comma-separated batch sizes")
+    p.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt"], default=None)
+    p.add_argument("--size", action="append", default=[], metavar="AXIS=N", help="e.g. frames=128")
+    p.add_argument("--iterations", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_engines_bench)
+
     bench = sub.add_parser("bench", help="benchmarks (JSON with p50/p90/p95/p99)")
     bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
     p = bench_sub.add_parser("graph", help="runtime overhead: first audio and interrupt-to-silence")
@@ -94,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     try:
         code: int = args.func(args)
-    except ConfigError as exc:
+    except (ConfigError, WeightsError) as exc:
         print(f"anchor: {exc}", file=sys.stderr)
         return 2
     return code

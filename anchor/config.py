@@ -18,6 +18,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from engines.settings import EngineSettings
+
 
 class ConfigError(ValueError):
     """The configuration is invalid; the message names every offending field."""
@@ -108,6 +110,7 @@ class AnchorSettings(BaseSettings):
     graph: GraphSettings = GraphSettings()
     runtime: RuntimeSettings = RuntimeSettings()
     metrics: MetricsSettings = MetricsSettings()
+    engines: EngineSettings = EngineSettings()
 
     @classmethod
     def settings_customise_sources(

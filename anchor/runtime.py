@@ -6,10 +6,8 @@ hub with one copy of each model) lives here once and is shared.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from anchor.config import AnchorSettings
@@ -17,16 +15,25 @@ from anchor.graph import Graph
 from anchor.metrics import Metrics
 from anchor.pacer import IdleVideo
 from anchor.session import Session
+from engines.engine import open_engine
+from engines.hub import EngineHub
+from engines.registry import catalog
+from engines.threads import shutdown_executor
 
 log = logging.getLogger(__name__)
 
 
 class Runtime:
-    def __init__(self, settings: AnchorSettings | None = None) -> None:
+    def __init__(self, settings: AnchorSettings | None = None, *, engines: EngineHub | None = None) -> None:
         self.settings = settings or AnchorSettings()
         self.metrics = Metrics(self.settings.metrics.spans_kept)
         self.executor = ThreadPoolExecutor(
             max_workers=self.settings.runtime.worker_threads, thread_name_prefix="anchor-worker"
+        )
+        self.engines = engines or EngineHub(
+            self.settings.engines,
+            catalog(self.settings.engines),
+            lambda spec: open_engine(spec, self.settings.engines),
         )
         self.sessions: dict[str, Session] = {}
         self._ids = itertools.count(1)
@@ -52,6 +59,7 @@ class Runtime:
             settings=self.settings,
             metrics=self.metrics,
             executor=self.executor,
+            engines=self.engines,
             idle=idle,
             barge_in=barge_in,
         )
@@ -75,26 +83,10 @@ class Runtime:
         self._closed = True
         for sid in list(self.sessions):
             await self.close_session(sid)
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
-
-        def resolve() -> None:
-            if not done.done():
-                done.set_result(None)
-
-        def shutdown() -> None:
-            self.executor.shutdown(wait=True, cancel_futures=True)
-            loop.call_soon_threadsafe(resolve)
-
-        closer = threading.Thread(target=shutdown, name="anchor-executor-shutdown", daemon=True)
-        closer.start()
-        try:
-            await asyncio.wait_for(done, self.settings.graph.cancel_timeout_s)
-        except TimeoutError:
-            log.error("worker threads still busy %.1fs after shutdown", self.settings.graph.cancel_timeout_s)
-            return
-        # Its last step was resolving ``done``: this join returns at once.
-        closer.join()
+        await self.engines.aclose()
+        grace = self.settings.graph.cancel_timeout_s
+        if not await shutdown_executor(self.executor, grace):
+            log.error("worker threads still busy %.1fs after shutdown", grace)
 
     async def __aenter__(self) -> Runtime:
         return self

@@ -31,7 +31,7 @@ from anchor.graph import Graph, GraphRun, Hooks
 from anchor.mailbox import Mailbox
 from anchor.metrics import Metrics
 from anchor.pacer import IdleVideo, OutputPacer, StillImage, Subscription
-from anchor.stage import StageContext
+from anchor.stage import Inference, StageContext
 from anchor.utterances import Utterances
 
 log = logging.getLogger(__name__)
@@ -97,6 +97,7 @@ class Session:
         settings: AnchorSettings,
         metrics: Metrics,
         executor: Executor,
+        engines: Inference,
         idle: IdleVideo | None = None,
         barge_in: bool = True,
     ) -> None:
@@ -131,7 +132,7 @@ class Session:
         self._run = GraphRun(
             graph,
             settings=settings,
-            ctx=StageContext(session_id, settings, executor),
+            ctx=StageContext(session_id, settings, executor, engines),
             hooks=hooks,
             audio_out=self.pacer.audio,
             video_out=self.pacer.video,

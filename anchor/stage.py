@@ -10,17 +10,28 @@ inference) go through ``run_blocking`` so the event loop never stalls.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from functools import partial
-from typing import TypeVar
+from typing import Protocol, TypeVar
+
+import numpy as np
+import numpy.typing as npt
 
 from anchor.channel import Overflow
 from anchor.config import AnchorSettings
 from anchor.frames import Frame
 
 T = TypeVar("T")
+
+
+class Inference(Protocol):
+    """The engine hub as stages see it: named engines, arrays in, arrays out."""
+
+    async def infer(
+        self, name: str, inputs: Mapping[str, npt.NDArray[np.generic]]
+    ) -> dict[str, npt.NDArray[np.generic]]: ...
 
 
 @dataclass(frozen=True)
@@ -30,6 +41,13 @@ class StageContext:
     session_id: str
     settings: AnchorSettings
     executor: Executor
+    engines: Inference
+
+    async def infer(
+        self, name: str, inputs: Mapping[str, npt.NDArray[np.generic]]
+    ) -> dict[str, npt.NDArray[np.generic]]:
+        """Run engine ``name`` through the process's shared, micro-batching hub."""
+        return await self.engines.infer(name, inputs)
 
     async def run_blocking(self, fn: Callable[..., T], *args: object) -> T:
         """Run ``fn(*args)`` on the runtime's worker threads."""

@@ -1,0 +1,1 @@
+"""PyTorch definitions of the anchor's neural models (weights are loaded separately)."""

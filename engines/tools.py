@@ -1,0 +1,80 @@
+"""What ``anchor engines list|build`` do, as plain functions returning JSON-ready dicts."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from engines.backends.ort_backend import OrtBackend
+from engines.backends.torch_backend import TorchBackend
+from engines.backends.trt_backend import tensorrt_available
+from engines.engine import cuda_device, ensure_onnx, tensorrt_backend, weights_info
+from engines.settings import EngineSettings
+from engines.spec import EngineSpec, Which, relative_error
+from engines.weights import WeightsError
+
+_PARITY_CASES: tuple[tuple[Which, int], ...] = (("min", 1), ("opt", 1), ("opt", 3))
+
+
+def list_engines(specs: dict[str, EngineSpec], settings: EngineSettings) -> list[dict[str, Any]]:
+    memo_path = settings.cache_dir / "backend-choice.json"
+    memo = json.loads(memo_path.read_text()) if memo_path.is_file() else {}
+    device = cuda_device(settings)
+    rows = []
+    for name, spec in specs.items():
+        backend = settings.backends.get(name, settings.backend)
+        row: dict[str, Any] = {
+            "engine": name,
+            "description": spec.description,
+            "backend": backend,
+            "device": device,
+            "precision": "fp16" if settings.fp16 and device == "cuda" else "fp32",
+            "weights": spec.weights.describe(),
+        }
+        try:
+            info = weights_info(spec)
+            row.update(weights_path=str(info.path), weights_sha256=info.sha256, status="ready")
+            chosen = [v["backend"] for k, v in memo.items() if k.startswith(f"{name}:{info.sha256[:16]}:")]
+            if backend == "auto":
+                row["backend"] = f"auto -> {chosen[-1]}" if chosen else "auto (measured on first use)"
+        except WeightsError as exc:
+            row.update(status="missing weights", error=str(exc))
+        rows.append(row)
+    return rows
+
+
+def build_engines(specs: dict[str, EngineSpec], settings: EngineSettings) -> list[dict[str, Any]]:
+    """Export and check every ONNX graph, prove onnxruntime parity, build TensorRT where possible."""
+    report = []
+    for name, spec in specs.items():
+        row: dict[str, Any] = {"engine": name}
+        try:
+            weights = weights_info(spec)
+        except WeightsError as exc:
+            report.append({**row, "status": "missing weights", "error": str(exc)})
+            continue
+        exported = ensure_onnx(spec, settings, weights)
+        row["onnx"] = {"path": str(exported.path), "sha256": exported.sha256, "opset": exported.opset}
+        reference = TorchBackend(spec, spec.load(weights.path), threads=settings.cpu_threads)
+        candidate = OrtBackend(spec, exported.path, threads=settings.cpu_threads)
+        errors = {}
+        for which, batch in _PARITY_CASES:
+            inputs = spec.sample_inputs(which, seed=7, **{spec.batch_axis: batch})
+            ref, out = reference.run(inputs), candidate.run(inputs)
+            errors[f"{which}/batch{batch}"] = max(relative_error(out[k], ref[k]) for k in ref)
+        candidate.close()
+        worst = max(errors.values())
+        row["onnxruntime_parity"] = {
+            "relative_error": errors,
+            "tolerance": spec.rtol_fp32,
+            "ok": worst <= spec.rtol_fp32,
+        }
+        if tensorrt_available():
+            trt = tensorrt_backend(spec, exported.path, settings)
+            row["tensorrt"] = {"plan": str(trt.plan_path), "built": trt.built, "precision": trt.precision}
+            trt.close()
+        else:
+            row["tensorrt"] = {"skipped": "tensorrt is not importable or no CUDA GPU is visible"}
+        row["status"] = "ok" if row["onnxruntime_parity"]["ok"] else "parity failed"
+        report.append(row)
+    return report
