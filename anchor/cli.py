@@ -15,6 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from anchor.config import AnchorSettings, ConfigError, load_settings
 from engines.registry import catalog
 from engines.spec import EngineSpec
@@ -50,8 +53,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from anchor.demo import run_demo
 
     texts = args.text or [
-        "Good evening, this is the anchor runtime.",
-        "Every word you hear is a tone, paced in real time, until the real voice lands.",
+        "Good evening. This is your virtual anchor, speaking in real time.",
+        "On Tuesday, the central bank raised rates by 0.25%, to 4.5%.",
     ]
     result = asyncio.run(run_demo(_settings(args), texts, args.out, tail_s=args.tail))
     if args.json:
@@ -124,6 +127,85 @@ def _cmd_engines_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_say(args: argparse.Namespace) -> int:
+    from anchor.frames import AudioChunk, EndOfUtterance, TextDelta
+    from anchor.offline import join_audio, run_stages, write_wav
+    from anchor.runtime import Runtime
+    from anchor.speech.tts import PiperTTS
+
+    settings = _settings(args)
+
+    async def render() -> list[AudioChunk]:
+        frames = [TextDelta(text=args.text, utterance_id="say"), EndOfUtterance(utterance_id="say")]
+        async with Runtime(settings) as runtime:
+            return [f async for f in run_stages(runtime, [PiperTTS()], frames) if isinstance(f, AudioChunk)]
+
+    chunks = asyncio.run(render())
+    audio = join_audio(chunks)
+    rate = settings.media.sample_rate
+    write_wav(args.out, audio, settings.media.sample_rate)
+    print(f"wrote {args.out}: {len(audio) / rate:.2f} s at {rate} Hz")
+    return 0
+
+
+def read_mel(path: Path, n_mels: int = 80) -> npt.NDArray[np.float32]:
+    """A log-mel ``.npy`` shaped ``[n_mels, T]`` or ``[1, n_mels, T]``, or ``ConfigError`` saying why not."""
+    try:
+        mel = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read mel {path}: {exc}") from None
+    if mel.ndim == 3 and mel.shape[0] == 1:
+        mel = mel[0]
+    if mel.ndim != 2 or mel.shape[0] != n_mels:
+        raise ConfigError(
+            f"mel {path} must be shaped [{n_mels}, T] or [1, {n_mels}, T], got {list(mel.shape)}"
+        )
+    if not np.issubdtype(mel.dtype, np.floating) or not np.isfinite(mel).all():
+        raise ConfigError(f"mel {path} must hold finite floats (log-mel), got {mel.dtype}")
+    if mel.shape[1] < 1:
+        raise ConfigError(f"mel {path} has no frames")
+    return np.ascontiguousarray(mel, dtype=np.float32)
+
+
+def _cmd_vocode(args: argparse.Namespace) -> int:
+    from anchor.frames import AudioChunk, EndOfUtterance, MelChunk
+    from anchor.offline import join_audio, run_stages, write_wav
+    from anchor.runtime import Runtime
+    from anchor.speech.vocoder import VocoderStage
+
+    settings = _settings(args)
+    if args.checkpoint is not None:
+        settings = settings.model_copy(
+            update={
+                "engines": settings.engines.model_copy(update={"weights": {args.vocoder: args.checkpoint}})
+            }
+        )
+    mel = read_mel(args.mel)
+
+    async def render() -> list[AudioChunk]:
+        frames = [
+            MelChunk(mel=mel, sample_rate=22050, hop_length=256, utterance_id="vocode"),
+            EndOfUtterance(utterance_id="vocode"),
+        ]
+        async with Runtime(settings) as runtime:
+            stage = VocoderStage(engine=args.vocoder)
+            return [f async for f in run_stages(runtime, [stage], frames) if isinstance(f, AudioChunk)]
+
+    audio = join_audio(asyncio.run(render()))
+    rate = settings.media.sample_rate
+    write_wav(args.out, audio, rate)
+    print(f"wrote {args.out}: {len(audio) / rate:.2f} s at {rate} Hz from {mel.shape[1]} mel frames")
+    return 0
+
+
+def _cmd_bench_tts(args: argparse.Namespace) -> int:
+    from anchor.bench.tts import bench_tts
+
+    result = asyncio.run(bench_tts(_settings(args), rounds=args.rounds, warmup=args.warmup))
+    _print(result, args.json)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anchor", description="Streaming real-time virtual anchor.")
     parser.add_argument("--config", type=Path, default=None, help="TOML config file")
@@ -132,6 +214,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("config", help="print the effective, validated configuration as JSON")
     p.set_defaults(func=_cmd_config)
+
+    p = sub.add_parser("say", help="speak TEXT with the default voice into a WAV file")
+    p.add_argument("text", help="what to say (news text is normalised: numbers, dates, ...)")
+    p.add_argument("-o", "--out", type=Path, required=True, help="WAV file to write")
+    p.set_defaults(func=_cmd_say)
+
+    p = sub.add_parser("vocode", help="vocode a log-mel .npy ([80, T]) into a WAV file")
+    p.add_argument("mel", type=Path, help="log-mel .npy: 22050 Hz, hop 256, 80 mels, ln(clamp(x, 1e-5))")
+    p.add_argument("--vocoder", choices=["hifigan"], default="hifigan")
+    p.add_argument("--checkpoint", type=Path, default=None, help="vocoder checkpoint (default: packaged)")
+    p.add_argument("-o", "--out", type=Path, required=True)
+    p.set_defaults(func=_cmd_vocode)
 
     p = sub.add_parser("demo", help="run a paced session end to end and record its audio")
     p.add_argument("text", nargs="*", help="sentences to speak (one utterance each)")
@@ -167,6 +261,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_bench_graph)
+    p = bench_sub.add_parser("tts", help="default voice: time to first audio and real-time factor")
+    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_bench_tts)
     return parser
 
 

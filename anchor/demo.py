@@ -1,10 +1,8 @@
-"""``anchor demo``: the runtime end to end, before the real voice and face exist.
+"""``anchor demo``: a real session speaking with the default voice, paced in real time.
 
-Runs a real session (graph, channels, control lane, paced edge) with the
-fake stages: each word becomes a short tone and the picture's brightness
-follows the audio. It records the paced program audio to a WAV file and
-prints each utterance's spans. It is the honest "most complete thing that
-works" until the speech and face engines land.
+Say -> the Piper voice (through the engine hub) -> the paced edge, recorded
+to a WAV file, with each utterance's spans printed. There is no face and no
+WebRTC page yet: the video is the idle picture and nothing is served.
 """
 
 from __future__ import annotations
@@ -17,12 +15,14 @@ from typing import Any
 import numpy as np
 
 from anchor.aio import cancel_and_wait
-from anchor.bench.graph import fake_graph
 from anchor.config import AnchorSettings
 from anchor.frames import AudioChunk
+from anchor.graph import AUDIO_OUT, Graph
 from anchor.pacer import Subscription
+from anchor.responders import SayResponder
 from anchor.runtime import Runtime
 from anchor.session import Session
+from anchor.speech.tts import PiperTTS
 
 
 async def _record(sub: Subscription, out: wave.Wave_write, finished: asyncio.Event, tail_frames: int) -> int:
@@ -54,14 +54,20 @@ async def _speak_all(session: Session, texts: list[str], finished: asyncio.Event
     finished.set()
 
 
+def voice_graph() -> Graph:
+    """Read scripts aloud with the default voice."""
+    tts = PiperTTS()
+    return Graph().chain(SayResponder(), tts).link(tts, AUDIO_OUT)
+
+
 async def run_demo(
     settings: AnchorSettings, texts: list[str], wav_path: Path, tail_s: float = 0.5
 ) -> dict[str, Any]:
     media = settings.media
     tail_frames = max(1, round(tail_s * 1000 / media.audio_frame_ms))
     async with Runtime(settings) as runtime:
-        session = await runtime.open_session(fake_graph(settings))
-        sub = session.subscribe(audio_ms=10_000)
+        session = await runtime.open_session(voice_graph())
+        sub = session.subscribe(audio_ms=120_000)
         finished = asyncio.Event()
         with wave.open(str(wav_path), "wb") as out:
             out.setnchannels(1)

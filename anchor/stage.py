@@ -29,6 +29,8 @@ T = TypeVar("T")
 class Inference(Protocol):
     """The engine hub as stages see it: named engines, arrays in, arrays out."""
 
+    async def prepare(self, name: str) -> None: ...
+
     async def infer(
         self, name: str, inputs: Mapping[str, npt.NDArray[np.generic]]
     ) -> dict[str, npt.NDArray[np.generic]]: ...

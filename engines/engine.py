@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+import onnx
 import onnxruntime as ort
 import torch
 
@@ -88,11 +89,14 @@ def onnx_file(spec: EngineSpec, settings: EngineSettings, weights_sha: str) -> P
 
 def ensure_onnx(spec: EngineSpec, settings: EngineSettings, weights: WeightsInfo) -> Exported:
     """The engine's ONNX file, exported (and fully checked) on first use."""
+    if spec.prebuilt_onnx:
+        model = onnx.load(str(weights.path), load_external_data=False)
+        opset = max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+        return Exported(weights.path, weights.sha256, opset, 0.0)
     path = onnx_file(spec, settings, weights.sha256)
     if path.is_file():
         return Exported(path, sha256(path), OPSET, 0.0)
-    module = spec.load(weights.path)
-    return export_onnx(spec, module, path)
+    return export_onnx(spec, spec.module(weights.path), path)
 
 
 def _median_ms(backend: Backend, spec: EngineSpec, runs: int = 5) -> float:
@@ -121,7 +125,7 @@ def choose_cpu_backend(spec: EngineSpec, settings: EngineSettings, weights: Weig
             log.warning("ignoring unreadable backend memo %s", memo)
     if key in known:
         return str(known[key]["backend"])
-    module = spec.load(weights.path)
+    module = spec.module(weights.path)
     timings = {"torch": _median_ms(TorchBackend(spec, module, threads=settings.cpu_threads), spec, runs=5)}
     ort_backend = OrtBackend(spec, ensure_onnx(spec, settings, weights).path, threads=settings.cpu_threads)
     timings["onnxruntime"] = _median_ms(ort_backend, spec)
@@ -140,6 +144,8 @@ def backend_name(spec: EngineSpec, settings: EngineSettings, weights: WeightsInf
         return wanted
     if tensorrt_available() and settings.device != "cpu":
         return "tensorrt"
+    if spec.prebuilt_onnx:
+        return "onnxruntime"
     if cuda_device(settings) == "cuda":
         return "torch"
     return choose_cpu_backend(spec, settings, weights)
@@ -152,7 +158,7 @@ def open_engine(spec: EngineSpec, settings: EngineSettings, *, backend: str | No
     name = backend or backend_name(spec, settings, weights)
     device = cuda_device(settings)
     if name == "torch":
-        module = spec.load(path)
+        module = spec.module(path)
         runner: Backend = TorchBackend(
             spec,
             module,

@@ -54,7 +54,7 @@ class Batcher:
     def __init__(self, spec: EngineSpec, settings: EngineSettings) -> None:
         self.name = spec.name
         self.spec = spec
-        self.max_batch = min(settings.max_batch, spec.axes[spec.batch_axis].max)
+        self.max_batch = min(settings.max_batch, spec.axes[spec.batch_axis].max) if spec.batchable else 1
         self.max_wait_s = settings.max_wait_ms / 1000
         self.max_pending = settings.max_pending
         self.engine: Runnable | None = None
@@ -64,6 +64,7 @@ class Batcher:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"engine-{spec.name}")
         self._task: asyncio.Task[None] | None = None
         self.batches: list[int] = []  # rows per batch run, for tests and benchmarks
+        self.warm = False
 
     async def open(self, opener: Callable[[EngineSpec], Runnable]) -> None:
         loop = asyncio.get_running_loop()
@@ -202,6 +203,13 @@ class EngineHub:
             raise
         self._batchers[name] = batcher
         return batcher
+
+    async def prepare(self, name: str) -> None:
+        """Load engine ``name`` and run it once on sample inputs, before the first real request."""
+        batcher = await self.batcher(name)
+        if not batcher.warm:
+            batcher.warm = True
+            await batcher.submit(self.specs[name].sample_inputs("opt"))
 
     async def infer(self, name: str, inputs: Mapping[str, npt.NDArray[np.generic]]) -> Arrays:
         """Run ``inputs`` (with a leading batch axis) through engine ``name``; batched with others."""

@@ -13,6 +13,7 @@ from torch import nn
 from engines.models.hifigan import HiFiGanConfig, HiFiGanGenerator
 from engines.settings import EngineSettings
 from engines.spec import Dim, EngineSpec, TensorSpec
+from engines.voices.piper import piper_spec
 from engines.weights import (
     WeightsError,
     WeightsSource,
@@ -23,9 +24,11 @@ from engines.weights import (
 )
 
 
-def _log_mel(rng: np.random.Generator, shape: tuple[int, ...]) -> npt.NDArray[np.float32]:
+def _log_mel(
+    rng: np.random.Generator, name: str, shapes: dict[str, tuple[int, ...]]
+) -> npt.NDArray[np.float32]:
     """Values in the range of natural-log mel magnitudes of speech."""
-    return (rng.standard_normal(shape) * 2.0 - 5.0).astype(np.float32)
+    return (rng.standard_normal(shapes[name]) * 2.0 - 5.0).astype(np.float32)
 
 
 def load_hifigan(path: Path) -> nn.Module:
@@ -69,7 +72,10 @@ def hifigan_spec(weights: WeightsSource | None = None) -> EngineSpec:
     )
 
 
-_CATALOG: dict[str, Callable[[WeightsSource | None], EngineSpec]] = {"hifigan": hifigan_spec}
+_CATALOG: dict[str, Callable[[WeightsSource | None], EngineSpec]] = {
+    "hifigan": hifigan_spec,
+    "piper-joe": lambda weights: piper_spec("piper-joe", weights),
+}
 
 
 def catalog(settings: EngineSettings) -> dict[str, EngineSpec]:

@@ -47,18 +47,21 @@ class EngineSpec:
     outputs: tuple[TensorSpec, ...]
     axes: Mapping[str, Dim]
     weights: WeightsSource
-    build: Callable[[], nn.Module]
-    load: Callable[[Path], nn.Module]
-    #: Axis every input and output shares as dimension 0; the hub batches along it.
+    #: The PyTorch definition and its loader; ``None`` for a model published only as ONNX.
+    build: Callable[[], nn.Module] | None = None
+    load: Callable[[Path], nn.Module] | None = None
+    #: Axis every batched input and output shares as dimension 0; the hub batches along it.
     batch_axis: str = "batch"
+    #: False when some input has no batch axis (the hub then runs requests one by one).
+    batchable: bool = True
     exporter: Literal["dynamo", "torchscript"] = "dynamo"
     #: Largest ``max|a - ref| / max|ref|`` accepted between backends.
     rtol_fp32: float = 1e-4
     rtol_fp16: float = 1e-2
     #: Draws sample input values of a shape (benchmarks, parity checks, warm-up).
-    sample_value: Callable[[np.random.Generator, tuple[int, ...]], npt.NDArray[np.float32]] = field(
-        default=lambda rng, shape: rng.standard_normal(shape, dtype=np.float32)
-    )
+    sample_value: Callable[
+        [np.random.Generator, str, dict[str, tuple[int, ...]]], npt.NDArray[np.generic]
+    ] = field(default=lambda rng, name, shapes: rng.standard_normal(shapes[name], dtype=np.float32))
 
     #: Seconds of media one batch item of these inputs stands for (for real-time factors).
     media_seconds: Callable[[Arrays], float] | None = None
@@ -69,6 +72,16 @@ class EngineSpec:
                 if isinstance(axis, str) and axis not in self.axes:
                     raise ValueError(f"engine {self.name}: tensor {t.name} uses undeclared axis {axis!r}")
 
+    @property
+    def prebuilt_onnx(self) -> bool:
+        """The weights file *is* the ONNX graph (no PyTorch module to export from)."""
+        return self.load is None
+
+    def module(self, path: Path) -> nn.Module:
+        if self.load is None:
+            raise ValueError(f"engine {self.name} is published as ONNX only; it has no PyTorch module")
+        return self.load(path)
+
     def shape_of(self, tensor: TensorSpec, which: Which = "opt", **sizes: int) -> tuple[int, ...]:
         """A concrete shape: named axes from ``sizes``, else the axis's ``which`` size."""
         return tuple(
@@ -77,7 +90,8 @@ class EngineSpec:
 
     def sample_inputs(self, which: Which = "opt", *, seed: int = 0, **sizes: int) -> Arrays:
         rng = np.random.default_rng(seed)
-        return {t.name: self.sample_value(rng, self.shape_of(t, which, **sizes)) for t in self.inputs}
+        shapes = {t.name: self.shape_of(t, which, **sizes) for t in self.inputs}
+        return {t.name: self.sample_value(rng, t.name, shapes) for t in self.inputs}
 
     def check_inputs(self, inputs: Mapping[str, npt.NDArray[np.generic]]) -> None:
         """Raise ``ValueError`` naming the tensor, axis and allowed range for bad input."""

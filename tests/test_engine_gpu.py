@@ -23,8 +23,8 @@ trt = pytest.mark.skipif(not tensorrt_available(), reason="needs tensorrt and a 
 def test_cuda_fp16_and_graphs_match_cpu_fp32() -> None:
     spec = hifigan_spec()
     path = spec.weights.resolve()
-    reference = TorchBackend(spec, spec.load(path))
-    gpu = TorchBackend(spec, spec.load(path), device="cuda", fp16=True, cuda_graphs=True)
+    reference = TorchBackend(spec, spec.module(path))
+    gpu = TorchBackend(spec, spec.module(path), device="cuda", fp16=True, cuda_graphs=True)
     inputs = spec.sample_inputs("opt", batch=4)
     expected = reference.run(inputs)["audio"]
     for _ in range(3):  # the second call captures a graph, the third replays it
@@ -42,7 +42,7 @@ def test_tensorrt_engine_matches_torch_and_is_cached(tmp_path: Path) -> None:
     exported = ensure_onnx(spec, settings, weights_info(spec))
     first = TensorRTBackend(spec, exported.path, tmp_path / "trt", fp16=True)
     inputs = spec.sample_inputs("opt", batch=2)
-    expected = TorchBackend(spec, spec.load(path)).run(inputs)["audio"]
+    expected = TorchBackend(spec, spec.module(path)).run(inputs)["audio"]
     assert relative_error(first.run(inputs)["audio"], expected) <= spec.rtol_fp16
     again = TensorRTBackend(spec, exported.path, tmp_path / "trt", fp16=True)
     assert first.built and not again.built

@@ -1,0 +1,106 @@
+"""``anchor bench tts``: time to first audio and real-time factor of the default voice.
+
+TTFA is text in -> the first audio chunk out of the TTS stage (>= 20 ms of
+48 kHz audio), measured on the stage itself so it excludes pacing. RTF is
+the whole item's synthesis time over its audio duration.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from anchor.config import AnchorSettings
+from anchor.frames import AudioChunk, EndOfUtterance, Frame, MelChunk, TextDelta
+from anchor.offline import run_stages
+from anchor.runtime import Runtime
+from anchor.speech.normalize import normalize
+from anchor.speech.tts import PiperTTS
+from anchor.speech.vocoder import VocoderStage
+from anchor.stats import summarize
+from engines.audio.mel import mel_spectrogram
+from engines.voices.piper import JOE_MODEL, PiperVoice, audio_of
+
+ITEMS = {
+    "one_sentence": "The central bank raised interest rates by a quarter point on Tuesday, citing inflation.",
+    "five_sentences": (
+        "Good evening, here are the headlines. The central bank raised interest rates by 0.25% on "
+        "Tuesday. Markets in London fell 1.2% before recovering in the afternoon. In sport, the "
+        "national team won its third match of the season 2-1. And finally, the weather: expect rain "
+        "across the north, with temperatures around 12 degrees."
+    ),
+}
+
+
+async def _hifigan_streaming(runtime: Runtime, *, rounds: int) -> dict[str, Any]:
+    """RTF and first-audio time of streamed HiFi-GAN over the default voice's mels."""
+    voice = PiperVoice.for_model(JOE_MODEL.resolve())
+    text = ITEMS["five_sentences"]
+    wav = np.concatenate(
+        [
+            audio_of(await runtime.engines.infer("piper-joe", voice.inputs(ids)))
+            for ids in voice.phoneme_ids(normalize(text))
+        ]
+    )
+    mel = mel_spectrogram(wav)
+    seconds = len(wav) / 22050
+    rtf, first_ms = [], []
+    for i in range(rounds + 1):
+        frames: list[Frame] = [
+            MelChunk(
+                mel=np.ascontiguousarray(mel[:, j : j + 10]),
+                sample_rate=22050,
+                hop_length=256,
+                utterance_id=f"h{i}",
+            )
+            for j in range(0, mel.shape[1], 10)
+        ]
+        frames.append(EndOfUtterance(utterance_id=f"h{i}"))
+        began = time.perf_counter()
+        first = None
+        async for out in run_stages(runtime, [VocoderStage()], frames):
+            if isinstance(out, AudioChunk) and first is None:
+                first = time.perf_counter()
+        if i and first is not None:  # round 0 warms the engine up
+            rtf.append((time.perf_counter() - began) / seconds)
+            first_ms.append((first - began) * 1000)
+    backend = type(runtime.engines.loaded()["hifigan"]).__name__
+    return {
+        "audio_seconds": round(seconds, 2),
+        "rtf": summarize(rtf),
+        "first_audio_ms": summarize(first_ms),
+        "engine": backend,
+    }
+
+
+async def bench_tts(settings: AnchorSettings, *, rounds: int = 10, warmup: int = 2) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    async with Runtime(settings) as runtime:
+        for item, text in ITEMS.items():
+            ttfa, rtf = [], []
+            for i in range(warmup + rounds):
+                uid = f"bench/{item}/{i}"
+                frames = [TextDelta(text=text, utterance_id=uid), EndOfUtterance(utterance_id=uid)]
+                began = time.perf_counter()
+                first = None
+                samples = 0
+                async for out in run_stages(runtime, [PiperTTS()], frames):
+                    if isinstance(out, AudioChunk):
+                        first = first or time.perf_counter()
+                        samples += out.num_samples
+                total = time.perf_counter() - began
+                if i >= warmup and first is not None:
+                    ttfa.append((first - began) * 1000)
+                    rtf.append(total / (samples / settings.media.sample_rate))
+            results[item] = {"ttfa_ms": summarize(ttfa), "rtf": summarize(rtf)}
+        results["hifigan_streaming"] = await _hifigan_streaming(runtime, rounds=max(2, rounds // 3))
+    return {
+        "bench": "tts",
+        "voice": "piper en_US-joe-medium",
+        "output_rate": settings.media.sample_rate,
+        "rounds": rounds,
+        "warmup": warmup,
+        **results,
+    }

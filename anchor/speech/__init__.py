@@ -1,0 +1,1 @@
+"""Speech out: text normalisation, phrase splitting, resampling and the TTS stage."""

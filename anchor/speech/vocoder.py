@@ -1,0 +1,172 @@
+"""Streaming vocoding: mel chunks in, audio out, with time-to-first-audio independent of length.
+
+Each block of mel frames is vocoded together with ``context`` frames on
+either side and only its own samples are kept, so a convolutional vocoder
+sees (nearly) what it would see on the whole utterance (HiFi-GAN V1 needs
+about 16 frames: its receptive field). The first block is short
+(``first_frames``) so audio starts early however long the utterance; later
+blocks are long (``chunk_frames``) so the context costs little.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Awaitable, Callable
+
+import numpy as np
+import numpy.typing as npt
+
+from anchor.frames import AudioChunk, EndOfUtterance, Frame, MelChunk
+from anchor.speech.resample import StreamingResampler
+from anchor.stage import Stage, StageContext
+
+Vocode = Callable[[npt.NDArray[np.float32]], Awaitable[npt.NDArray[np.float32]]]
+
+
+class ChunkedVocoder:
+    def __init__(
+        self, vocode: Vocode, *, hop: int, chunk_frames: int = 96, first_frames: int = 24, context: int = 16
+    ) -> None:
+        if min(chunk_frames, first_frames) < 1 or context < 0:
+            raise ValueError(
+                f"chunk_frames and first_frames must be >= 1 and context >= 0, "
+                f"got {chunk_frames}, {first_frames}, {context}"
+            )
+        self._vocode = vocode
+        self.hop = hop
+        self.chunk_frames = chunk_frames
+        self.first_frames = first_frames
+        self.context = context
+        self._mel = np.zeros((0, 0), dtype=np.float32)
+        self._mel_start = 0  # frame index of _mel[:, 0]
+        self._frames = 0  # frames received
+        self._done = 0  # frames whose audio was emitted
+
+    def _check(self, mel: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        if mel.ndim != 2 or (self._mel.size and mel.shape[0] != self._mel.shape[0]):
+            expected = self._mel.shape[0] if self._mel.size else "n_mels"
+            raise ValueError(f"mel chunk must be shaped ({expected}, frames), got {mel.shape}")
+        return np.asarray(mel, dtype=np.float32)
+
+    async def push(self, mel: npt.NDArray[np.float32]) -> list[npt.NDArray[np.float32]]:
+        """Add mel frames; return the audio blocks that are now final."""
+        mel = self._check(mel)
+        self._mel = mel if not self._mel.size else np.concatenate([self._mel, mel], axis=1)
+        self._frames += mel.shape[1]
+        out = []
+        while self._frames - self._done >= self._next_size() + self.context:
+            out.append(await self._block(self._done + self._next_size()))
+        return out
+
+    def _next_size(self) -> int:
+        """A short first block for early audio, then long ones for throughput."""
+        return self.first_frames if self._done == 0 else self.chunk_frames
+
+    async def flush(self) -> list[npt.NDArray[np.float32]]:
+        """Audio for every remaining frame (end of utterance)."""
+        out = []
+        while self._done < self._frames:
+            out.append(await self._block(min(self._done + self._next_size(), self._frames)))
+        return out
+
+    async def _block(self, end: int) -> npt.NDArray[np.float32]:
+        lo = max(0, self._done - self.context)
+        hi = min(self._frames, end + self.context)
+        window = self._mel[:, lo - self._mel_start : hi - self._mel_start]
+        audio = await self._vocode(window)
+        keep = audio[(self._done - lo) * self.hop : (end - lo) * self.hop]
+        self._done = end
+        drop = max(0, self._done - self.context - self._mel_start)
+        self._mel = self._mel[:, drop:]
+        self._mel_start += drop
+        return keep
+
+
+class VocoderStage(Stage):
+    """``MelChunk``s -> output-rate ``AudioChunk``s through a vocoder engine in the hub.
+
+    One ``ChunkedVocoder`` and one resampler per utterance; pts continuous
+    within it. ``EndOfUtterance`` flushes both.
+    """
+
+    accepts = (MelChunk,)
+
+    def __init__(
+        self,
+        name: str = "vocoder",
+        *,
+        engine: str = "hifigan",
+        chunk_frames: int = 96,
+        first_frames: int = 24,
+        context: int = 16,
+        min_frames: int = 8,
+        silence: float = float(np.log(1e-5)),
+        timeout_s: float | None = None,
+    ) -> None:
+        super().__init__(name, timeout_s=timeout_s)
+        self.engine = engine
+        self.chunk_frames = chunk_frames
+        self.first_frames = first_frames
+        self.context = context
+        self.min_frames = min_frames
+        self.silence = silence
+        self._open: dict[str, tuple[ChunkedVocoder, StreamingResampler, list[int]]] = {}
+
+    async def start(self, ctx: StageContext) -> None:
+        await super().start(ctx)
+        await ctx.engines.prepare(self.engine)
+
+    async def _vocode(self, mel: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        frames = mel.shape[1]
+        if frames < self.min_frames:  # the engine's smallest input: pad with silence, trim after
+            pad = np.full((mel.shape[0], self.min_frames - frames), self.silence, dtype=np.float32)
+            mel = np.concatenate([mel, pad], axis=1)
+        out = await self.ctx.infer(self.engine, {"mel": mel[None]})
+        audio = np.asarray(out["audio"], dtype=np.float32).reshape(-1)
+        return audio[: len(audio) * frames // mel.shape[1]]
+
+    def _state(self, frame: MelChunk) -> tuple[ChunkedVocoder, StreamingResampler, list[int]]:
+        state = self._open.get(frame.utterance_id)
+        if state is None:
+            vocoder = ChunkedVocoder(
+                self._vocode,
+                hop=frame.hop_length,
+                chunk_frames=self.chunk_frames,
+                first_frames=self.first_frames,
+                context=self.context,
+            )
+            resampler = StreamingResampler(frame.sample_rate, self.ctx.settings.media.sample_rate)
+            state = (vocoder, resampler, [0])
+            self._open[frame.utterance_id] = state
+        return state
+
+    def _audio(self, uid: str, blocks: list[npt.NDArray[np.float32]], tail: bool = False) -> list[AudioChunk]:
+        _, resampler, pts = self._open[uid]
+        pieces = [resampler.process(b) for b in blocks]
+        if tail:
+            pieces.append(resampler.flush())
+        rate = self.ctx.settings.media.sample_rate
+        chunks = []
+        for pcm in pieces:
+            if len(pcm):
+                chunks.append(AudioChunk(pcm=pcm, sample_rate=rate, pts=pts[0], utterance_id=uid))
+                pts[0] += len(pcm)
+        return chunks
+
+    async def process(self, frame: Frame) -> AsyncGenerator[Frame, None]:
+        uid = frame.utterance_id
+        if isinstance(frame, MelChunk):
+            vocoder = self._state(frame)[0]
+            for chunk in self._audio(uid, await vocoder.push(frame.mel)):
+                yield chunk
+        elif isinstance(frame, EndOfUtterance):
+            if uid in self._open:
+                for chunk in self._audio(uid, await self._open[uid][0].flush(), tail=True):
+                    yield chunk
+                del self._open[uid]
+            yield frame
+        else:
+            yield frame
+
+    def on_cancel(self, utterance_ids: frozenset[str]) -> None:
+        for uid in utterance_ids:
+            self._open.pop(uid, None)

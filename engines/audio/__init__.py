@@ -1,0 +1,1 @@
+"""Audio front-ends shared by the engines (mel spectrograms)."""

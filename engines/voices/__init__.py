@@ -1,0 +1,1 @@
+"""Text-to-speech voices: text front-ends (phonemes) for the acoustic engines."""

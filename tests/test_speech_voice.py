@@ -1,0 +1,162 @@
+"""The default voice and the HiFi-GAN mel path, end to end, judged by Whisper."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from anchor import AUDIO_OUT, AnchorSettings, Graph, Runtime
+from anchor.frames import AudioChunk, EndOfUtterance, Frame, MelChunk, TextDelta
+from anchor.offline import join_audio, run_stages
+from anchor.quality import word_error_rate
+from anchor.responders import SayResponder
+from anchor.speech.resample import StreamingResampler
+from anchor.speech.tts import PiperTTS
+from anchor.speech.vocoder import ChunkedVocoder, VocoderStage
+from engines.asr.ct2_whisper import CT2Whisper
+from engines.audio.mel import MelConfig, mel_basis, mel_spectrogram
+from engines.voices.piper import JOE_MODEL, PiperVoice, audio_of
+from tests.helpers import next_event, recording
+
+NEWS = [
+    "The central bank raised interest rates by a quarter point on Tuesday.",
+    "Shares in London fell 1.2% before recovering in the afternoon.",
+    "Firefighters brought the blaze under control after six hours.",
+    "The national team won its third match of the season.",
+    "Officials expect heavy rain across the north tomorrow morning.",
+    "The mayor will open the new bridge on March 3.",
+]
+
+
+def settings(tmp: Path) -> AnchorSettings:
+    return AnchorSettings(engines={"cache_dir": tmp, "backends": {"hifigan": "onnxruntime"}})  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def whisper() -> CT2Whisper:
+    return CT2Whisper()
+
+
+@pytest.fixture
+async def runtime(tmp_path: Path) -> AsyncIterator[Runtime]:
+    async with Runtime(settings(tmp_path)) as rt:
+        yield rt
+
+
+def to_16k(audio: npt.NDArray[np.float32], rate: int) -> npt.NDArray[np.float32]:
+    r = StreamingResampler(rate, 16000)
+    return np.concatenate([r.process(audio), r.flush()])
+
+
+async def speak(runtime: Runtime, text: str, uid: str = "u") -> list[AudioChunk]:
+    frames: list[Frame] = [TextDelta(text=text, utterance_id=uid), EndOfUtterance(utterance_id=uid)]
+    return [f async for f in run_stages(runtime, [PiperTTS()], frames) if isinstance(f, AudioChunk)]
+
+
+async def test_default_voice_is_intelligible(runtime: Runtime, whisper: CT2Whisper) -> None:
+    heard = []
+    for i, sentence in enumerate(NEWS):
+        chunks = await speak(runtime, sentence, f"u{i}")
+        assert all(c.sample_rate == 48000 and c.duration_ms <= 100.5 for c in chunks)
+        assert [c.pts for c in chunks] == list(np.cumsum([0] + [c.num_samples for c in chunks[:-1]]))
+        heard.append(whisper.transcribe(to_16k(join_audio(chunks), 48000)))
+    wer = word_error_rate(NEWS, heard)
+    assert wer <= 0.10, f"WER {wer:.3f}: {heard}"
+
+
+async def test_hifigan_resynthesis_is_intelligible_and_chunking_is_transparent(
+    runtime: Runtime, whisper: CT2Whisper
+) -> None:
+    voice = PiperVoice.for_model(JOE_MODEL.resolve())
+    heard = []
+    for i, sentence in enumerate(NEWS[:3]):
+        wav = np.concatenate(
+            [
+                audio_of(await runtime.engines.infer("piper-joe", voice.inputs(ids)))
+                for ids in voice.phoneme_ids(sentence)
+            ]
+        )
+        mel = mel_spectrogram(wav)
+        frames: list[Frame] = [
+            MelChunk(
+                mel=np.ascontiguousarray(mel[:, j : j + 20]),
+                sample_rate=22050,
+                hop_length=256,
+                utterance_id=str(i),
+            )
+            for j in range(0, mel.shape[1], 20)
+        ]
+        frames.append(EndOfUtterance(utterance_id=str(i)))
+        out = join_audio(
+            [f async for f in run_stages(runtime, [VocoderStage()], frames) if isinstance(f, AudioChunk)]
+        )
+        heard.append(whisper.transcribe(to_16k(out, 48000)))
+    wer = word_error_rate(NEWS[:3], heard)
+    assert wer <= 0.10, f"WER {wer:.3f}: {heard}"
+
+
+async def test_chunked_vocoding_matches_the_whole_utterance(runtime: Runtime) -> None:
+    rng = np.random.default_rng(0)
+    mel = (rng.standard_normal((80, 230)) - 5).astype(np.float32)
+
+    async def vocode(m: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        return (await runtime.engines.infer("hifigan", {"mel": m[None]}))["audio"].reshape(-1)
+
+    whole = await vocode(mel)
+    chunked = ChunkedVocoder(vocode, hop=256)
+    blocks = []
+    for j in range(0, mel.shape[1], 7):
+        blocks += await chunked.push(np.ascontiguousarray(mel[:, j : j + 7]))
+    blocks += await chunked.flush()
+    assert len(blocks[0]) == 24 * 256, "the first block is short, for early audio"
+    out = np.concatenate(blocks)
+    assert out.shape == whole.shape
+    assert np.abs(out - whole).max() / np.abs(whole).max() < 1e-4
+    with pytest.raises(ValueError, match=r"mel chunk must be shaped \(80, frames\), got \(40, 3\)"):
+        await chunked.push(np.zeros((40, 3), np.float32))
+
+
+def test_mel_front_end_follows_the_slaney_scale() -> None:
+    config = MelConfig()
+    basis = mel_basis(config)
+    assert basis.shape == (80, 513)
+    hz_per_bin = config.sample_rate / config.n_fft
+    # Slaney normalisation: every triangle has the same area (2 / bandwidth * bandwidth / 2 = 1 in Hz).
+    np.testing.assert_allclose(basis.sum(axis=1) * hz_per_bin, 1.0, rtol=0.08)
+    assert basis[:, 372:].max() == 0, "nothing above fmax (8 kHz, bin 372)"
+    tone = np.sin(2 * np.pi * 1000 * np.arange(22050) / 22050).astype(np.float32)
+    taco, hifi = mel_spectrogram(tone, framing="tacotron"), mel_spectrogram(tone, framing="hifigan")
+    assert taco.shape == (80, 1 + 22050 // 256) and hifi.shape == (80, 22050 // 256)
+    # Slaney: 1 kHz is mel 15, 8 kHz is 15 + 27 ln 8 / ln 6.4 = 45.25; 82 edges step 0.552 mel,
+    # so 1 kHz sits at the centre of band 15 / 0.552 - 1 = 26.2.
+    peak_band = int(np.argmax(hifi[:, 40]))
+    assert abs(peak_band - 26) <= 1
+    assert hifi.min() >= np.log(1e-5) - 1e-6
+    with pytest.raises(ValueError, match="too short for a mel frame"):
+        mel_spectrogram(np.zeros(100, np.float32))
+
+
+async def test_the_voice_speaks_in_a_paced_session_and_stops_on_interrupt(runtime: Runtime) -> None:
+    tts = PiperTTS()
+    graph = Graph().chain(SayResponder(), tts).link(tts, AUDIO_OUT)
+    session = await runtime.open_session(graph)
+    events = session.events()
+    async with recording(session, audio_ms=60_000) as tape:
+        first = await session.say("Good evening. Here is the news.")
+        assert (await next_event(events, "utterance_finished", first, guard_s=30)).detail == "done"
+        long = await session.say(" ".join(NEWS))
+        await next_event(events, "audio_started", long, guard_s=30)
+        await asyncio.sleep(0.3)
+        assert await session.interrupt() == {long}
+        await next_event(events, "silence")
+    spoken = join_audio(tape.audio_of(first))
+    assert np.abs(spoken).max() > 0.05 and len(spoken) > 48000, "a second of real speech"
+    played = len(join_audio(tape.audio_of(long))) / 48000
+    assert 0.1 < played < 2.0, f"the interrupted item played {played:.2f} s, not its whole 20 s"
+    pts = [a.pts for a in tape.audio]
+    assert pts == list(range(pts[0], pts[0] + 960 * len(pts), 960))
