@@ -188,7 +188,11 @@ def _cmd_vocode(args: argparse.Namespace) -> int:
             EndOfUtterance(utterance_id="vocode"),
         ]
         async with Runtime(settings) as runtime:
-            stage = VocoderStage(engine=args.vocoder)
+            stage = (
+                VocoderStage(engine="waveglow", noise_channels=8, sigma=args.sigma)
+                if args.vocoder == "waveglow"
+                else VocoderStage(engine="hifigan")
+            )
             return [f async for f in run_stages(runtime, [stage], frames) if isinstance(f, AudioChunk)]
 
     audio = join_audio(asyncio.run(render()))
@@ -222,8 +226,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("vocode", help="vocode a log-mel .npy ([80, T]) into a WAV file")
     p.add_argument("mel", type=Path, help="log-mel .npy: 22050 Hz, hop 256, 80 mels, ln(clamp(x, 1e-5))")
-    p.add_argument("--vocoder", choices=["hifigan"], default="hifigan")
-    p.add_argument("--checkpoint", type=Path, default=None, help="vocoder checkpoint (default: packaged)")
+    p.add_argument("--vocoder", choices=["hifigan", "waveglow"], default="hifigan")
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="HiFi-GAN generator, or WaveGlow (NVIDIA .pt or DLE/NGC); default: the packaged HiFi-GAN",
+    )
+    p.add_argument("--sigma", type=float, default=0.6, help="WaveGlow noise scale (0 = deterministic)")
     p.add_argument("-o", "--out", type=Path, required=True)
     p.set_defaults(func=_cmd_vocode)
 

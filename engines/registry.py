@@ -13,6 +13,7 @@ from torch import nn
 from engines.models.hifigan import HiFiGanConfig, HiFiGanGenerator
 from engines.settings import EngineSettings
 from engines.spec import Dim, EngineSpec, TensorSpec
+from engines.vocoders.waveglow import waveglow_spec
 from engines.voices.piper import piper_spec
 from engines.weights import (
     WeightsError,
@@ -75,6 +76,7 @@ def hifigan_spec(weights: WeightsSource | None = None) -> EngineSpec:
 _CATALOG: dict[str, Callable[[WeightsSource | None], EngineSpec]] = {
     "hifigan": hifigan_spec,
     "piper-joe": lambda weights: piper_spec("piper-joe", weights),
+    "waveglow": waveglow_spec,
 }
 
 

@@ -103,7 +103,7 @@ def read_checkpoint(path: Path, *, trusted_pickle: bool = False) -> Any:
         )
     try:
         return torch.load(path, map_location="cpu", weights_only=not trusted_pickle)
-    except (zipfile.BadZipFile, EOFError, RuntimeError) as exc:
+    except (zipfile.BadZipFile, EOFError, RuntimeError, OSError) as exc:
         raise WeightsError(
             f"checkpoint {path} ({size} bytes) is truncated or not a torch checkpoint: {exc}"
         ) from None

@@ -100,6 +100,8 @@ class VocoderStage(Stage):
         context: int = 16,
         min_frames: int = 8,
         silence: float = float(np.log(1e-5)),
+        noise_channels: int | None = None,
+        sigma: float = 0.0,
         timeout_s: float | None = None,
     ) -> None:
         super().__init__(name, timeout_s=timeout_s)
@@ -109,7 +111,12 @@ class VocoderStage(Stage):
         self.context = context
         self.min_frames = min_frames
         self.silence = silence
+        #: Flow vocoders (WaveGlow) take their noise as an input ``z``: ``noise_channels`` x samples/channels.
+        self.noise_channels = noise_channels
+        self.sigma = sigma
+        self._rng = np.random.default_rng()
         self._open: dict[str, tuple[ChunkedVocoder, StreamingResampler, list[int]]] = {}
+        self.hop = 256
 
     async def start(self, ctx: StageContext) -> None:
         await super().start(ctx)
@@ -120,13 +127,19 @@ class VocoderStage(Stage):
         if frames < self.min_frames:  # the engine's smallest input: pad with silence, trim after
             pad = np.full((mel.shape[0], self.min_frames - frames), self.silence, dtype=np.float32)
             mel = np.concatenate([mel, pad], axis=1)
-        out = await self.ctx.infer(self.engine, {"mel": mel[None]})
+        inputs = {"mel": mel[None]}
+        if self.noise_channels:
+            samples = mel.shape[1] * self.hop // self.noise_channels
+            z = self._rng.standard_normal((1, self.noise_channels, samples)).astype(np.float32)
+            inputs["z"] = z * np.float32(self.sigma)
+        out = await self.ctx.infer(self.engine, inputs)
         audio = np.asarray(out["audio"], dtype=np.float32).reshape(-1)
         return audio[: len(audio) * frames // mel.shape[1]]
 
     def _state(self, frame: MelChunk) -> tuple[ChunkedVocoder, StreamingResampler, list[int]]:
         state = self._open.get(frame.utterance_id)
         if state is None:
+            self.hop = frame.hop_length
             vocoder = ChunkedVocoder(
                 self._vocode,
                 hop=frame.hop_length,

@@ -1,0 +1,1 @@
+"""Vocoders: mel spectrograms to waveforms."""

@@ -1,0 +1,239 @@
+"""Loading WaveGlow from the checkpoints people actually have, without converting them.
+
+- NVIDIA's ``waveglow_256channels_universal_v5.pt``: ``{'model': <whole module>, ...}``
+  pickled from a module named ``glow`` (classes ``WaveGlow``, ``WN``,
+  ``Invertible1x1Conv``), legacy weight norm, one fused ``cond_layer`` per WN.
+  Unpickling it runs code from the file: it is only done for a file the user
+  chose, with a warning.
+- DeepLearningExamples / NGC: ``{'state_dict': {'module.…'}, 'config': {...}}`` with
+  one ``cond_layers.i`` per WN layer (merged here into the fused layer).
+- A bare state dict of either layout.
+
+Any channel, layer or flow counts work: they are read off the tensor shapes
+(and checked against ``config`` when there is one).
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import re
+import types
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import nn
+
+from engines.models.waveglow import WaveGlow, WaveGlowConfig
+from engines.spec import Dim, EngineSpec, TensorSpec
+from engines.weights import (
+    StateDict,
+    WeightsError,
+    WeightsSource,
+    check_state_dict,
+    fold_weight_norm,
+    strip_prefix,
+)
+
+log = logging.getLogger(__name__)
+
+# Stand-ins for the classes of NVIDIA's ``glow`` module: unpickling only needs
+# the names; the state (parameters, submodules, hooks) comes from the file.
+_GLOW_CLASSES = {name: type(name, (nn.Module,), {}) for name in ("WaveGlow", "WN", "Invertible1x1Conv")}
+
+
+class _GlowUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "glow" and name in _GLOW_CLASSES:
+            return _GLOW_CLASSES[name]
+        return super().find_class(module, name)
+
+
+_glow_pickle = types.SimpleNamespace(Unpickler=_GlowUnpickler, load=pickle.load, __name__="pickle")
+
+
+def _read(path: Path) -> Any:
+    if not path.is_file():
+        raise WeightsError(f"WaveGlow checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights_only" not in str(exc) and "Weights only" not in str(exc):
+            raise WeightsError(
+                f"WaveGlow checkpoint {path} is truncated or not a torch file: {exc}"
+            ) from None
+    except (RuntimeError, EOFError, ValueError, OSError) as exc:
+        raise WeightsError(f"WaveGlow checkpoint {path} is truncated or not a torch file: {exc}") from None
+    log.warning(
+        "unpickling the whole WaveGlow module in %s: this runs code from the file; load only files you trust",
+        path,
+    )
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_glow_pickle)
+    except Exception as exc:  # noqa: BLE001 - unpickling raises whatever the pickled classes raise
+        raise WeightsError(
+            f"WaveGlow checkpoint {path} could not be unpickled: {type(exc).__name__}: {exc}"
+        ) from None
+
+
+def _state_and_config(data: Any, path: Path) -> tuple[StateDict, dict[str, Any] | None]:
+    if isinstance(data, nn.Module):
+        return dict(data.state_dict()), None
+    if not isinstance(data, dict):
+        raise WeightsError(f"WaveGlow checkpoint {path} holds a {type(data).__name__}, not a model or a dict")
+    config = data.get("config") if isinstance(data.get("config"), dict) else None
+    for key in ("model", "state_dict"):
+        if key in data:
+            inner = data[key]
+            if isinstance(inner, nn.Module):
+                return dict(inner.state_dict()), config
+            if isinstance(inner, dict):
+                return dict(inner), config
+    if any(k.endswith("upsample.weight") for k in data):
+        return dict(data), config
+    raise WeightsError(
+        f"WaveGlow checkpoint {path} has no 'model' or 'state_dict' (keys: {sorted(data)[:8]})"
+    )
+
+
+def _merge_cond_layers(state: StateDict) -> StateDict:
+    """DLE splits each WN's ``cond_layer`` into ``cond_layers.i``; join them (dim 0, in order)."""
+    out: StateDict = {}
+    split: dict[str, dict[int, dict[str, torch.Tensor]]] = {}
+    for key, value in state.items():
+        m = re.fullmatch(r"(WN\.\d+)\.cond_layers\.(\d+)\.(weight|bias)", key)
+        if m:
+            split.setdefault(m[1], {}).setdefault(int(m[2]), {})[m[3]] = value
+        else:
+            out[key] = value
+    for wn, layers in split.items():
+        order = sorted(layers)
+        if order != list(range(len(order))):
+            raise WeightsError(f"{wn}.cond_layers has gaps: {order}")
+        for part in ("weight", "bias"):
+            out[f"{wn}.cond_layer.{part}"] = torch.cat([layers[i][part] for i in order], 0)
+    return out
+
+
+def _infer_config(state: StateDict) -> WaveGlowConfig:
+    try:
+        n_mel = state["upsample.weight"].shape[0]
+        kernel = state["upsample.weight"].shape[2]
+        flows = sorted({int(k.split(".")[1]) for k in state if k.startswith("WN.")})
+        halves = [state[f"WN.{k}.start.weight"].shape[1] for k in flows]
+        layers = len({k.split(".")[3] for k in state if k.startswith("WN.0.in_layers.")})
+        in_w = state["WN.0.in_layers.0.weight"]
+    except KeyError as exc:
+        raise WeightsError(f"not a WaveGlow state dict: missing {exc}") from None
+    early_every = next((k for k in range(1, len(halves)) if halves[k] < halves[k - 1]), len(halves))
+    early_size = 2 * (halves[0] - halves[early_every]) if early_every < len(halves) else 2
+    n_group = 2 * halves[0]
+    return WaveGlowConfig(
+        n_mel_channels=n_mel,
+        n_flows=len(flows),
+        n_group=n_group,
+        n_early_every=early_every,
+        n_early_size=early_size,
+        n_layers=layers,
+        n_channels=in_w.shape[0] // 2,
+        kernel_size=in_w.shape[2],
+        upsample_kernel=kernel,
+    )
+
+
+def _check_config(found: WaveGlowConfig, declared: dict[str, Any], path: Path) -> None:
+    wn = declared.get("WN_config", {}) if isinstance(declared.get("WN_config"), dict) else {}
+    wanted = {**{k: v for k, v in declared.items() if k != "WN_config"}, **wn}
+    mismatched = [
+        f"{k}: config says {wanted[k]}, weights have {getattr(found, k)}"
+        for k in (
+            "n_mel_channels",
+            "n_flows",
+            "n_group",
+            "n_early_every",
+            "n_early_size",
+            "n_layers",
+            "n_channels",
+            "kernel_size",
+        )
+        if k in wanted and wanted[k] != getattr(found, k)
+    ]
+    if mismatched:
+        raise WeightsError(
+            f"WaveGlow checkpoint {path}: config and weights disagree: " + "; ".join(mismatched)
+        )
+
+
+def load_waveglow(path: Path | str) -> WaveGlow:
+    """A ready WaveGlow (eval mode, weight norm removed) from either public checkpoint format."""
+    path = Path(path)
+    state, declared = _state_and_config(_read(path), path)
+    state = _merge_cond_layers(fold_weight_norm(strip_prefix(state, "module.")))
+    config = _infer_config(state)
+    if declared is not None:
+        _check_config(config, declared, path)
+    model = WaveGlow(config)
+    check_state_dict(model, state, str(path))
+    model.load_state_dict(state, strict=False)  # w_inverse buffers are derived, not stored
+    model.refresh_inverses()
+    return model.eval()
+
+
+class Denoiser(nn.Module):
+    """Removes WaveGlow's constant hiss: subtract the spectrum it makes for a silent mel."""
+
+    window: torch.Tensor
+    bias: torch.Tensor
+
+    def __init__(self, waveglow: WaveGlow, *, n_fft: int = 1024, hop: int = 256, frames: int = 88) -> None:
+        super().__init__()
+        self.n_fft, self.hop = n_fft, hop
+        self.register_buffer("window", torch.hann_window(n_fft))
+        silent = torch.zeros(1, waveglow.config.n_mel_channels, frames)
+        bias_audio = waveglow.infer(silent, sigma=0.0)
+        self.register_buffer("bias", self._stft(bias_audio).abs()[:, :, :1])
+
+    def _stft(self, audio: torch.Tensor) -> torch.Tensor:
+        return torch.stft(audio, self.n_fft, self.hop, window=self.window, return_complex=True)
+
+    @torch.inference_mode()
+    def forward(self, audio: torch.Tensor, strength: float = 0.1) -> torch.Tensor:
+        spec = self._stft(audio)
+        magnitude = torch.clamp(spec.abs() - self.bias * strength, min=0.0)
+        cleaned = torch.polar(magnitude, torch.angle(spec))
+        return torch.istft(cleaned, self.n_fft, self.hop, window=self.window, length=audio.shape[-1])
+
+
+def _mel_and_noise(
+    rng: np.random.Generator, name: str, shapes: dict[str, tuple[int, ...]]
+) -> npt.NDArray[np.float32]:
+    batch, _, frames = shapes["mel"]
+    if name == "z":
+        return np.zeros((batch, 8, frames * 32), dtype=np.float32)  # sigma 0: deterministic
+    return (rng.standard_normal(shapes["mel"]) * 2.0 - 5.0).astype(np.float32)
+
+
+def waveglow_spec(weights: WeightsSource | None = None) -> EngineSpec:
+    return EngineSpec(
+        name="waveglow",
+        description="WaveGlow vocoder (NVIDIA or DLE/NGC checkpoint): log-mel (80, 22050 Hz) -> audio",
+        inputs=(
+            TensorSpec("mel", "float32", ("batch", 80, "frames")),
+            TensorSpec("z", "float32", ("batch", 8, "groups")),
+        ),
+        outputs=(TensorSpec("audio", "float32", ("batch", "samples")),),
+        axes={
+            "batch": Dim(1, 1, 8),
+            "frames": Dim(8, 64, 1024),
+            "groups": Dim(256, 2048, 32768),
+            "samples": Dim(2048, 16384, 262144),
+        },
+        weights=weights or WeightsSource.project("waveglow.pt"),
+        build=lambda: WaveGlow(WaveGlowConfig()),
+        load=load_waveglow,
+        sample_value=_mel_and_noise,
+        media_seconds=lambda inputs: inputs["mel"].shape[2] * 256 / 22050,
+    )
