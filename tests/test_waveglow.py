@@ -35,7 +35,17 @@ class RefWN(nn.Module):
         self.cond_layer = weight_norm(nn.Conv1d(n_cond, 2 * n_channels * n_layers, 1), name="weight")
         for i in range(n_layers):
             d = 2**i
-            self.in_layers.append(weight_norm(nn.Conv1d(n_channels, 2 * n_channels, kernel_size, dilation=d, padding=(kernel_size * d - d) // 2)))
+            self.in_layers.append(
+                weight_norm(
+                    nn.Conv1d(
+                        n_channels,
+                        2 * n_channels,
+                        kernel_size,
+                        dilation=d,
+                        padding=(kernel_size * d - d) // 2,
+                    )
+                )
+            )
             out = 2 * n_channels if i < n_layers - 1 else n_channels
             self.res_skip_layers.append(weight_norm(nn.Conv1d(n_channels, out, 1)))
 
@@ -44,7 +54,9 @@ class RefWN(nn.Module):
         audio, output, spect = self.start(audio), 0, self.cond_layer(spect)
         for i in range(self.n_layers):
             a = self.in_layers[i](audio) + spect[:, i * 2 * self.n_channels : (i + 1) * 2 * self.n_channels]
-            acts = self.res_skip_layers[i](torch.tanh(a[:, : self.n_channels]) * torch.sigmoid(a[:, self.n_channels :]))
+            acts = self.res_skip_layers[i](
+                torch.tanh(a[:, : self.n_channels]) * torch.sigmoid(a[:, self.n_channels :])
+            )
             if i < self.n_layers - 1:
                 audio = audio + acts[:, : self.n_channels]
                 output = output + acts[:, self.n_channels :]
@@ -69,10 +81,23 @@ class RefInvertible1x1Conv(nn.Module):
 
 
 class RefWaveGlow(nn.Module):
-    def __init__(self, n_mel_channels: int, n_flows: int, n_group: int, n_early_every: int, n_early_size: int, WN_config: dict[str, int]) -> None:
+    def __init__(
+        self,
+        n_mel_channels: int,
+        n_flows: int,
+        n_group: int,
+        n_early_every: int,
+        n_early_size: int,
+        WN_config: dict[str, int],
+    ) -> None:
         super().__init__()
         self.upsample = nn.ConvTranspose1d(n_mel_channels, n_mel_channels, 1024, stride=256)
-        self.n_flows, self.n_group, self.n_early_every, self.n_early_size = n_flows, n_group, n_early_every, n_early_size
+        self.n_flows, self.n_group, self.n_early_every, self.n_early_size = (
+            n_flows,
+            n_group,
+            n_early_every,
+            n_early_size,
+        )
         self.WN, self.convinv = nn.ModuleList(), nn.ModuleList()
         half, remaining = n_group // 2, n_group
         for k in range(n_flows):
@@ -91,7 +116,9 @@ class RefWaveGlow(nn.Module):
         for k in reversed(range(self.n_flows)):
             n_half = audio.size(1) // 2
             out = self.WN[k]((audio[:, :n_half], spect))
-            audio = torch.cat([audio[:, :n_half], (audio[:, n_half:] - out[:, :n_half]) / torch.exp(out[:, n_half:])], 1)
+            audio = torch.cat(
+                [audio[:, :n_half], (audio[:, n_half:] - out[:, :n_half]) / torch.exp(out[:, n_half:])], 1
+            )
             audio = self.convinv[k].reverse(audio)
             if k % self.n_early_every == 0 and k > 0:
                 audio = torch.cat((torch.zeros(spect.size(0), self.n_early_size, spect.size(2)), audio), 1)
@@ -154,7 +181,9 @@ def mel() -> torch.Tensor:
 
 
 @pytest.mark.parametrize("fmt", ["nvidia", "dle"])
-def test_both_public_formats_reproduce_the_reference(tmp_path: Path, reference: RefWaveGlow, mel: torch.Tensor, fmt: str) -> None:
+def test_both_public_formats_reproduce_the_reference(
+    tmp_path: Path, reference: RefWaveGlow, mel: torch.Tensor, fmt: str
+) -> None:
     path = (nvidia_checkpoint if fmt == "nvidia" else dle_checkpoint)(tmp_path, reference)
     assert "glow" not in sys.modules
     model = load_waveglow(path)
@@ -177,7 +206,9 @@ def test_bad_checkpoints_fail_precisely(tmp_path: Path, reference: RefWaveGlow) 
     data = torch.load(path)
     data["config"]["WN_config"]["n_channels"] = 256
     torch.save(data, path)
-    with pytest.raises(WeightsError, match=r"config and weights disagree: n_channels: config says 256, weights have 16"):
+    with pytest.raises(
+        WeightsError, match=r"config and weights disagree: n_channels: config says 256, weights have 16"
+    ):
         load_waveglow(path)
     del data["state_dict"]["module.WN.1.in_layers.0.bias"]
     data["config"]["WN_config"]["n_channels"] = 16
