@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from anchor.config import AnchorSettings, ConfigError, load_settings
+from anchor.stage import Stage
 from engines.registry import catalog
 from engines.spec import EngineSpec
 from engines.tools import build_engines, list_engines
@@ -127,18 +128,42 @@ def _cmd_engines_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _with_weights(settings: AnchorSettings, engine: str, path: Path | None) -> AnchorSettings:
+    if path is None:
+        return settings
+    weights = {**settings.engines.weights, engine: path}
+    return settings.model_copy(update={"engines": settings.engines.model_copy(update={"weights": weights})})
+
+
+def _vocoder_stage(name: str, sigma: float) -> Stage:
+    from anchor.speech.vocoder import VocoderStage
+
+    if name == "waveglow":
+        return VocoderStage(engine="waveglow", noise_channels=8, sigma=sigma)
+    return VocoderStage(engine="hifigan")
+
+
 def _cmd_say(args: argparse.Namespace) -> int:
     from anchor.frames import AudioChunk, EndOfUtterance, TextDelta
     from anchor.offline import join_audio, run_stages, write_wav
     from anchor.runtime import Runtime
+    from anchor.speech.tacotron import Tacotron2TTS
     from anchor.speech.tts import PiperTTS
 
-    settings = _settings(args)
+    settings = _with_weights(_settings(args), args.vocoder, args.vocoder_checkpoint)
+    if args.voice == "mel":
+        if args.checkpoint is None:
+            raise ConfigError(
+                "--voice mel needs --checkpoint: a Tacotron 2 checkpoint (tacotron2_statedict.pt)"
+            )
+        stages: list[Stage] = [Tacotron2TTS(args.checkpoint), _vocoder_stage(args.vocoder, args.sigma)]
+    else:
+        stages = [PiperTTS()]
 
     async def render() -> list[AudioChunk]:
         frames = [TextDelta(text=args.text, utterance_id="say"), EndOfUtterance(utterance_id="say")]
         async with Runtime(settings) as runtime:
-            return [f async for f in run_stages(runtime, [PiperTTS()], frames) if isinstance(f, AudioChunk)]
+            return [f async for f in run_stages(runtime, stages, frames) if isinstance(f, AudioChunk)]
 
     chunks = asyncio.run(render())
     audio = join_audio(chunks)
@@ -171,15 +196,8 @@ def _cmd_vocode(args: argparse.Namespace) -> int:
     from anchor.frames import AudioChunk, EndOfUtterance, MelChunk
     from anchor.offline import join_audio, run_stages, write_wav
     from anchor.runtime import Runtime
-    from anchor.speech.vocoder import VocoderStage
 
-    settings = _settings(args)
-    if args.checkpoint is not None:
-        settings = settings.model_copy(
-            update={
-                "engines": settings.engines.model_copy(update={"weights": {args.vocoder: args.checkpoint}})
-            }
-        )
+    settings = _with_weights(_settings(args), args.vocoder, args.checkpoint)
     mel = read_mel(args.mel)
 
     async def render() -> list[AudioChunk]:
@@ -188,11 +206,7 @@ def _cmd_vocode(args: argparse.Namespace) -> int:
             EndOfUtterance(utterance_id="vocode"),
         ]
         async with Runtime(settings) as runtime:
-            stage = (
-                VocoderStage(engine="waveglow", noise_channels=8, sigma=args.sigma)
-                if args.vocoder == "waveglow"
-                else VocoderStage(engine="hifigan")
-            )
+            stage = _vocoder_stage(args.vocoder, args.sigma)
             return [f async for f in run_stages(runtime, [stage], frames) if isinstance(f, AudioChunk)]
 
     audio = join_audio(asyncio.run(render()))
@@ -222,6 +236,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("say", help="speak TEXT with the default voice into a WAV file")
     p.add_argument("text", help="what to say (news text is normalised: numbers, dates, ...)")
     p.add_argument("-o", "--out", type=Path, required=True, help="WAV file to write")
+    p.add_argument(
+        "--voice", choices=["piper", "mel"], default="piper", help="Piper, or Tacotron 2 + vocoder"
+    )
+    p.add_argument("--checkpoint", type=Path, default=None, help="Tacotron 2 checkpoint, for --voice mel")
+    p.add_argument("--vocoder", choices=["hifigan", "waveglow"], default="hifigan", help="for --voice mel")
+    p.add_argument(
+        "--vocoder-checkpoint", type=Path, default=None, help="vocoder weights (WaveGlow needs one)"
+    )
+    p.add_argument("--sigma", type=float, default=0.6, help="WaveGlow noise scale")
     p.set_defaults(func=_cmd_say)
 
     p = sub.add_parser("vocode", help="vocode a log-mel .npy ([80, T]) into a WAV file")

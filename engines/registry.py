@@ -15,6 +15,7 @@ from engines.settings import EngineSettings
 from engines.spec import Dim, EngineSpec, TensorSpec
 from engines.vocoders.waveglow import waveglow_spec
 from engines.voices.piper import piper_spec
+from engines.voices.tacotron2 import tacotron2_specs
 from engines.weights import (
     WeightsError,
     WeightsSource,
@@ -73,10 +74,18 @@ def hifigan_spec(weights: WeightsSource | None = None) -> EngineSpec:
     )
 
 
+def _tacotron_part(name: str) -> Callable[[WeightsSource | None], EngineSpec]:
+    return lambda weights: tacotron2_specs(weights)[name]
+
+
 _CATALOG: dict[str, Callable[[WeightsSource | None], EngineSpec]] = {
     "hifigan": hifigan_spec,
     "piper-joe": lambda weights: piper_spec("piper-joe", weights),
     "waveglow": waveglow_spec,
+    **{
+        name: _tacotron_part(name)
+        for name in ("tacotron2-encoder", "tacotron2-decoder-step", "tacotron2-postnet")
+    },
 }
 
 
