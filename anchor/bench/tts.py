@@ -8,6 +8,7 @@ the whole item's synthesis time over its audio duration.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -19,8 +20,10 @@ from anchor.runtime import Runtime
 from anchor.speech.normalize import normalize
 from anchor.speech.tts import PiperTTS
 from anchor.speech.vocoder import VocoderStage
+from anchor.stage import Stage
 from anchor.stats import summarize
 from engines.audio.mel import mel_spectrogram
+from engines.engine import Engine
 from engines.voices.piper import JOE_MODEL, PiperVoice, audio_of
 
 ITEMS = {
@@ -34,8 +37,8 @@ ITEMS = {
 }
 
 
-async def _hifigan_streaming(runtime: Runtime, *, rounds: int) -> dict[str, Any]:
-    """RTF and first-audio time of streamed HiFi-GAN over the default voice's mels."""
+async def _vocoder_streaming(runtime: Runtime, stage: Callable[[], Stage], *, rounds: int) -> dict[str, Any]:
+    """RTF and first-audio time of a streamed vocoder over the default voice's mels."""
     voice = PiperVoice.for_model(JOE_MODEL.resolve())
     text = ITEMS["five_sentences"]
     wav = np.concatenate(
@@ -60,19 +63,13 @@ async def _hifigan_streaming(runtime: Runtime, *, rounds: int) -> dict[str, Any]
         frames.append(EndOfUtterance(utterance_id=f"h{i}"))
         began = time.perf_counter()
         first = None
-        async for out in run_stages(runtime, [VocoderStage()], frames):
+        async for out in run_stages(runtime, [stage()], frames):
             if isinstance(out, AudioChunk) and first is None:
                 first = time.perf_counter()
         if i and first is not None:  # round 0 warms the engine up
             rtf.append((time.perf_counter() - began) / seconds)
             first_ms.append((first - began) * 1000)
-    backend = type(runtime.engines.loaded()["hifigan"]).__name__
-    return {
-        "audio_seconds": round(seconds, 2),
-        "rtf": summarize(rtf),
-        "first_audio_ms": summarize(first_ms),
-        "engine": backend,
-    }
+    return {"audio_seconds": round(seconds, 2), "rtf": summarize(rtf), "first_audio_ms": summarize(first_ms)}
 
 
 async def bench_tts(settings: AnchorSettings, *, rounds: int = 10, warmup: int = 2) -> dict[str, Any]:
@@ -95,7 +92,18 @@ async def bench_tts(settings: AnchorSettings, *, rounds: int = 10, warmup: int =
                     ttfa.append((first - began) * 1000)
                     rtf.append(total / (samples / settings.media.sample_rate))
             results[item] = {"ttfa_ms": summarize(ttfa), "rtf": summarize(rtf)}
-        results["hifigan_streaming"] = await _hifigan_streaming(runtime, rounds=max(2, rounds // 3))
+        results["hifigan_streaming"] = await _vocoder_streaming(
+            runtime, VocoderStage, rounds=max(2, rounds // 3)
+        )
+        if "waveglow" in settings.engines.weights:
+            results["waveglow_streaming"] = await _vocoder_streaming(
+                runtime, lambda: VocoderStage(engine="waveglow", noise_channels=8, sigma=0.6), rounds=2
+            )
+        results["backends"] = {
+            name: f"{type(engine.backend).__name__} ({engine.backend.device}, {engine.backend.precision})"
+            for name, engine in runtime.engines.loaded().items()
+            if isinstance(engine, Engine)
+        }
     return {
         "bench": "tts",
         "voice": "piper en_US-joe-medium",
