@@ -53,3 +53,24 @@ def test_config_errors_exit_2_with_the_field(tmp_path: Path, capsys: pytest.Capt
 def test_config_prints_effective_settings(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["config"]) == 0
     assert json.loads(capsys.readouterr().out)["media"]["fps"] == 25
+
+
+def test_vocode_rejects_a_mel_of_the_wrong_shape(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import numpy as np
+
+    bad = tmp_path / "bad.npy"
+    np.save(bad, np.zeros((2, 40, 9), np.float32))
+    assert main(["vocode", str(bad), "-o", str(tmp_path / "o.wav")]) == 2
+    assert "must be shaped [80, T] or [1, 80, T], got [2, 40, 9]" in capsys.readouterr().err
+    nan = tmp_path / "nan.npy"
+    np.save(nan, np.full((80, 5), np.nan, np.float32))
+    assert main(["vocode", str(nan), "-o", str(tmp_path / "o.wav")]) == 2
+    assert "must hold finite floats" in capsys.readouterr().err
+    assert not (tmp_path / "o.wav").exists()
+
+
+def test_say_with_the_mel_voice_needs_a_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["say", "Hello", "--voice", "mel", "-o", str(tmp_path / "o.wav")]) == 2
+    assert "--voice mel needs --checkpoint" in capsys.readouterr().err
