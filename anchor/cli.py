@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -216,6 +217,77 @@ def _cmd_vocode(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_transcribe(args: argparse.Namespace) -> int:
+    from anchor.frames import AudioChunk, SpeechStarted, Transcript
+    from anchor.listen.audio_in import InputConditioner
+    from anchor.listen.recognizer import SpeechRecognizer
+    from anchor.offline import read_wav
+    from anchor.runtime import Runtime
+    from anchor.stage import StageContext
+    from engines.asr.ct2_whisper import CT2Whisper
+
+    try:
+        audio, rate = read_wav(args.file)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    settings = _settings(args)
+    if not args.stream:
+        chunk = AudioChunk(pcm=np.ascontiguousarray(audio), sample_rate=rate)
+        result = CT2Whisper().recognize(InputConditioner(16000)(chunk))
+        words = [
+            {"word": w.text, "start_ms": round(1000 * w.start_s), "end_ms": round(1000 * w.end_s)}
+            for w in result.words
+        ]
+        if args.json:
+            print(
+                json.dumps(
+                    {"text": result.text, "words": words, "no_speech_prob": result.no_speech_prob}, indent=2
+                )
+            )
+        else:
+            print(result.text)
+        return 0
+
+    async def stream() -> None:
+        async with Runtime(settings) as runtime:
+            stage = SpeechRecognizer()
+            await stage.start(StageContext("transcribe", settings, runtime.executor, runtime.engines))
+            step = rate // 50  # 20 ms chunks, released at real-time pace like a microphone
+            began = time.perf_counter()
+            try:
+                for i in range(0, len(audio), step):
+                    due = began + i / rate - time.perf_counter()
+                    if due > 0:
+                        await asyncio.sleep(due)
+                    chunk = AudioChunk(pcm=np.ascontiguousarray(audio[i : i + step]), sample_rate=rate, pts=i)
+                    async for frame in stage.process(chunk):
+                        at = f"{time.perf_counter() - began:7.2f}s"
+                        if isinstance(frame, SpeechStarted):
+                            print(f"{at} speech started")
+                        elif isinstance(frame, Transcript) and args.json:
+                            print(
+                                json.dumps(
+                                    {
+                                        "at_s": round(time.perf_counter() - began, 3),
+                                        "final": frame.final,
+                                        "text": frame.text,
+                                        "start_ms": frame.start_ms,
+                                        "end_ms": frame.end_ms,
+                                        "words": [
+                                            [w.word, round(w.start_ms), round(w.end_ms)] for w in frame.words
+                                        ],
+                                    }
+                                )
+                            )
+                        elif isinstance(frame, Transcript):
+                            print(f"{at} {'final  ' if frame.final else 'partial'} {frame.text}")
+            finally:
+                await stage.stop()
+
+    asyncio.run(stream())
+    return 0
+
+
 def _cmd_bench_tts(args: argparse.Namespace) -> int:
     from anchor.bench.tts import bench_tts
 
@@ -259,6 +331,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sigma", type=float, default=0.6, help="WaveGlow noise scale (0 = deterministic)")
     p.add_argument("-o", "--out", type=Path, required=True)
     p.set_defaults(func=_cmd_vocode)
+
+    p = sub.add_parser("transcribe", help="transcribe a WAV file with Whisper tiny.en (word timings)")
+    p.add_argument("file", type=Path, help="PCM WAV, any rate and channel count")
+    p.add_argument("--backend", choices=["ctranslate2"], default="ctranslate2")
+    p.add_argument("--stream", action="store_true", help="stream it at real-time pace: partials and finals")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_transcribe)
 
     p = sub.add_parser("demo", help="run a paced session end to end and record its audio")
     p.add_argument("text", nargs="*", help="sentences to speak (one utterance each)")

@@ -48,6 +48,29 @@ def write_wav(path: Path, audio: npt.NDArray[np.float32], sample_rate: int) -> N
         out.writeframes(pcm.tobytes())
 
 
+def read_wav(path: Path) -> tuple[npt.NDArray[np.float32], int]:
+    """Float32 ``[samples, channels]`` and the rate of a PCM WAV file, or ``ValueError`` saying why not."""
+    try:
+        with wave.open(str(path), "rb") as wav:
+            width, channels, rate = wav.getsampwidth(), wav.getnchannels(), wav.getframerate()
+            raw = wav.readframes(wav.getnframes())
+    except (OSError, EOFError, wave.Error) as exc:
+        reason = str(exc) or "the file ends before its WAV header does"
+        raise ValueError(f"{path} is not a readable PCM WAV file: {reason}") from None
+    if width == 1:
+        pcm = (np.frombuffer(raw, np.uint8).astype(np.float32) - 128) / 128
+    elif width == 2:
+        pcm = np.frombuffer(raw, "<i2").astype(np.float32) / 32768
+    elif width == 3:
+        b = np.frombuffer(raw, np.uint8).reshape(-1, 3).astype(np.int32)
+        pcm = ((b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)) << 8 >> 8).astype(np.float32) / 2**23
+    elif width == 4:
+        pcm = np.frombuffer(raw, "<i4").astype(np.float32) / 2**31
+    else:
+        raise ValueError(f"{path}: {8 * width}-bit samples are not supported")
+    return np.asarray(pcm, dtype=np.float32).reshape(-1, channels), rate
+
+
 def join_audio(chunks: Sequence[AudioChunk]) -> npt.NDArray[np.float32]:
     if not chunks:
         return np.zeros(0, dtype=np.float32)

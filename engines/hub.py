@@ -12,11 +12,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import threading
 from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -26,6 +27,7 @@ from engines.spec import Arrays, EngineSpec
 from engines.threads import shutdown_executor
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class Runnable(Protocol):
@@ -174,6 +176,7 @@ class EngineHub:
         self._opener = opener
         self._batchers: dict[str, Batcher] = {}
         self._opening: dict[str, asyncio.Task[Batcher]] = {}
+        self._resources: dict[str, asyncio.Task[object]] = {}
         self._closed = False
 
     async def batcher(self, name: str) -> Batcher:
@@ -215,11 +218,34 @@ class EngineHub:
         """Run ``inputs`` (with a leading batch axis) through engine ``name``; batched with others."""
         return await (await self.batcher(name)).submit(inputs)
 
+    async def resource(self, name: str, factory: Callable[[], T]) -> T:
+        """A process-wide object (a model the hub does not batch) built once, off the event loop.
+
+        Concurrent first callers share one build; ``close()`` is called on it when the hub closes.
+        """
+        if self._closed:
+            raise HubClosed("the engine hub is closed")
+        task = self._resources.get(name)
+        if task is None:
+            loop = asyncio.get_running_loop()
+            task = loop.create_task(_build(factory), name=f"hub:resource:{name}")
+            self._resources[name] = cast("asyncio.Task[object]", task)
+        return cast(T, await asyncio.shield(task))
+
     def loaded(self) -> dict[str, Runnable]:
         return {name: b.engine for name, b in self._batchers.items() if b.engine is not None}
 
     async def aclose(self) -> None:
         self._closed = True
+        for resource in self._resources.values():
+            if resource.done() and not resource.cancelled() and resource.exception() is None:
+                close = getattr(resource.result(), "close", None)
+                if callable(close):
+                    close()
+            else:
+                resource.cancel()
+        await asyncio.gather(*self._resources.values(), return_exceptions=True)
+        self._resources.clear()
         for task in self._opening.values():
             task.cancel()
         await asyncio.gather(*self._opening.values(), return_exceptions=True)
@@ -232,6 +258,35 @@ class EngineHub:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+async def _build(factory: Callable[[], T]) -> T:
+    """Run a blocking constructor on a short-lived thread (the loop's default pool stays unused)."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[T] = loop.create_future()
+
+    def settle(ok: bool, value: object) -> None:
+        if done.done():
+            return
+        if ok:
+            done.set_result(cast(T, value))
+        else:
+            done.set_exception(cast(BaseException, value))
+
+    def work() -> None:
+        try:
+            value: object = factory()
+            ok = True
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting caller
+            value, ok = exc, False
+        loop.call_soon_threadsafe(settle, ok, value)
+
+    thread = threading.Thread(target=work, name="hub-resource-build", daemon=True)
+    thread.start()
+    try:
+        return await done
+    finally:
+        thread.join()
 
 
 def _split(result: Arrays, rows: list[int]) -> list[Arrays]:

@@ -74,3 +74,29 @@ def test_say_with_the_mel_voice_needs_a_checkpoint(
 ) -> None:
     assert main(["say", "Hello", "--voice", "mel", "-o", str(tmp_path / "o.wav")]) == 2
     assert "--voice mel needs --checkpoint" in capsys.readouterr().err
+
+
+def test_transcribe_reads_any_pcm_wav_and_refuses_others(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import numpy as np
+
+    from anchor.offline import read_wav
+
+    path = tmp_path / "stereo24.wav"
+    t = np.arange(4410) / 44100
+    left = (np.sin(2 * np.pi * 440 * t) * 0.5 * 2**23).astype("<i4")
+    frames = np.stack([left, -left], 1).reshape(-1)
+    raw = b"".join(int(v & 0xFFFFFF).to_bytes(3, "little") for v in frames)
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(2)
+        w.setsampwidth(3)
+        w.setframerate(44100)
+        w.writeframes(raw)
+    audio, rate = read_wav(path)
+    assert rate == 44100 and audio.shape == (4410, 2)
+    assert abs(float(audio[:, 0].max()) - 0.5) < 1e-3 and abs(float(audio[:, 1].min()) + 0.5) < 1e-3
+    text = tmp_path / "notes.wav"
+    text.write_text("not audio")
+    assert main(["transcribe", str(text)]) == 2
+    assert "is not a readable PCM WAV file" in capsys.readouterr().err

@@ -1,0 +1,1 @@
+"""Speech in: input normalisation, voice-activity segmentation and streaming recognition."""

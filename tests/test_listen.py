@@ -1,0 +1,158 @@
+"""The streaming recognizer: VAD segmentation, partials, finals, silence, bad input, barge-in."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from anchor import AUDIO_OUT, AnchorSettings, Graph, Runtime
+from anchor.frames import AudioChunk, EndOfUtterance, Frame, SpeechStarted, TextDelta, Transcript
+from anchor.listen.recognizer import SpeechRecognizer
+from anchor.offline import join_audio, run_stages
+from anchor.quality import word_error_rate
+from anchor.responders import SayResponder
+from anchor.speech.tts import PiperTTS
+from anchor.stage import StageContext
+from tests.helpers import next_event
+
+FIRST = "The central bank raised interest rates by a quarter point on Tuesday."
+SECOND = "What is the weather tomorrow?"
+
+
+@pytest.fixture(scope="module")
+def speech() -> dict[str, npt.NDArray[np.float32]]:
+    async def render() -> dict[str, npt.NDArray[np.float32]]:
+        async with Runtime(AnchorSettings()) as rt:
+            out = {}
+            for text in (FIRST, SECOND):
+                frames: list[Frame] = [
+                    TextDelta(text=text, utterance_id="x"),
+                    EndOfUtterance(utterance_id="x"),
+                ]
+                out[text] = join_audio(
+                    [f async for f in run_stages(rt, [PiperTTS()], frames) if isinstance(f, AudioChunk)]
+                )
+            return out
+
+    return asyncio.run(render())
+
+
+@pytest.fixture
+async def runtime() -> AsyncIterator[Runtime]:
+    async with Runtime(AnchorSettings()) as rt:
+        yield rt
+
+
+def chunks(audio: npt.NDArray[np.float32], rate: int = 48000, ms: int = 20) -> list[AudioChunk]:
+    step = rate * ms // 1000
+    return [
+        AudioChunk(pcm=np.ascontiguousarray(audio[i : i + step]), sample_rate=rate, pts=i)
+        for i in range(0, len(audio), step)
+    ]
+
+
+async def listen(
+    runtime: Runtime, audio: list[AudioChunk], *, realtime: bool = False
+) -> list[tuple[float, Frame]]:
+    stage = SpeechRecognizer()
+    await stage.start(StageContext("t", runtime.settings, runtime.executor, runtime.engines))
+    out: list[tuple[float, Frame]] = []
+    began = time.perf_counter()
+    try:
+        for i, chunk in enumerate(audio):
+            if realtime and (delay := began + i * chunk.duration_ms / 1000 - time.perf_counter()) > 0:
+                await asyncio.sleep(delay)
+            async for frame in stage.process(chunk):
+                out.append((time.perf_counter() - began, frame))
+    finally:
+        await stage.stop()
+    return out
+
+
+def silence(seconds: float) -> npt.NDArray[np.float32]:
+    return np.zeros(int(48000 * seconds), dtype=np.float32)
+
+
+async def test_speech_between_silences_is_segmented_and_transcribed(
+    runtime: Runtime, speech: dict[str, np.ndarray]
+) -> None:
+    a, b = speech[FIRST], speech[SECOND]
+    audio = np.concatenate([silence(1.0), a, silence(1.5), b, silence(1.5)])
+    frames = [f for _, f in await listen(runtime, chunks(audio))]
+    starts = [f for f in frames if isinstance(f, SpeechStarted)]
+    finals = [f for f in frames if isinstance(f, Transcript) and f.final]
+    assert len(starts) == 2 and len(finals) == 2
+    assert [f.utterance_id for f in finals] == [s.utterance_id for s in starts]
+    assert word_error_rate([FIRST, SECOND], [f.text for f in finals]) <= 0.2
+    onsets = [1000.0, 1000 * (1.0 + len(a) / 48000 + 1.5)]
+    for final, onset in zip(finals, onsets, strict=True):
+        assert abs(final.start_ms - (onset - 300)) < 300, "starts at the detected onset minus the pre-roll"
+        times = [w.start_ms for w in final.words]
+        assert times == sorted(times) and onset - 400 < times[0] < onset + 400
+
+
+async def test_partials_in_real_time_grow_and_never_retract(
+    runtime: Runtime, speech: dict[str, np.ndarray]
+) -> None:
+    audio = np.concatenate([silence(0.5), speech[FIRST], silence(1.0)])
+    events = await listen(runtime, chunks(audio), realtime=True)
+    partials = [f.text.split() for _, f in events if isinstance(f, Transcript) and not f.final]
+    finals = [f for _, f in events if isinstance(f, Transcript) and f.final]
+    assert len(partials) >= 2, "partials arrive while the viewer speaks"
+    for earlier, later in itertools.pairwise(partials):
+        assert len(later) > len(earlier) and [w.lower().strip(".,") for w in later[: len(earlier)]] == [
+            w.lower().strip(".,") for w in earlier
+        ]
+    assert len(finals) == 1
+    final_at = next(t for t, f in events if isinstance(f, Transcript) and f.final)
+    assert final_at > next(t for t, f in events if isinstance(f, Transcript))
+
+
+async def test_no_text_from_silence_or_noise(runtime: Runtime) -> None:
+    rng = np.random.default_rng(0)
+    noise = (rng.standard_normal(48000 * 15) * 0.03).astype(np.float32)
+    frames = [f for _, f in await listen(runtime, chunks(np.concatenate([silence(15), noise])))]
+    assert not [f for f in frames if isinstance(f, Transcript)]
+
+
+async def test_bad_input_is_normalised_and_memory_stays_flat(
+    runtime: Runtime, speech: dict[str, np.ndarray]
+) -> None:
+    stage = SpeechRecognizer()
+    await stage.start(StageContext("t", runtime.settings, runtime.executor, runtime.engines))
+    try:
+        odd = [
+            AudioChunk(pcm=np.zeros(0, np.float32), sample_rate=48000),
+            AudioChunk(pcm=np.full((441, 2), 0.1, np.float32), sample_rate=44100),
+            AudioChunk(pcm=np.array([np.nan, np.inf, -np.inf, 3.0, -3.0], np.float32), sample_rate=16000),
+        ]
+        for chunk in odd:
+            assert [f async for f in stage.process(chunk)] == []
+        assert stage._conditioner.repaired_samples == 3
+        for chunk in chunks(silence(120), rate=48000, ms=500):  # two minutes of silence
+            assert [f async for f in stage.process(chunk)] == []
+        assert len(stage._audio) <= 16000 * 0.3 + 1, "idle: only the pre-roll is kept"
+    finally:
+        await stage.stop()
+
+
+async def test_viewer_speech_barges_in_on_the_anchor(tmp_path: Path, speech: dict[str, np.ndarray]) -> None:
+    async with Runtime(AnchorSettings(engines={"cache_dir": tmp_path})) as rt:  # type: ignore[arg-type]
+        tts = PiperTTS()
+        graph = Graph().add(SpeechRecognizer()).chain(SayResponder(), tts).link(tts, AUDIO_OUT)
+        session = await rt.open_session(graph)
+        events = session.events()
+        anchor = await session.say(" ".join([FIRST] * 6))
+        await next_event(events, "audio_started", anchor, guard_s=30)
+        for chunk in chunks(np.concatenate([speech[SECOND], silence(0.3)])):
+            await session.push(chunk)
+        finished = await next_event(events, "utterance_finished", anchor, guard_s=30)
+        assert finished.detail == "interrupted"
+        await next_event(events, "silence", guard_s=10)
