@@ -92,11 +92,4 @@ class CT2Whisper:
         )
 
     def transcribe(self, audio: npt.NDArray[np.float32]) -> str:
-        segments, _info = self._model.transcribe(
-            np.asarray(audio, dtype=np.float32),
-            language="en",
-            beam_size=1,
-            condition_on_previous_text=False,
-            vad_filter=False,
-        )
-        return " ".join(segment.text.strip() for segment in segments).strip()
+        return self.recognize(audio, words=False).text
