@@ -288,6 +288,14 @@ def _cmd_transcribe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_asr(args: argparse.Namespace) -> int:
+    from anchor.bench.asr import bench_asr
+
+    result = asyncio.run(bench_asr(_settings(args), streaming=not args.no_streaming))
+    _print(result, args.json)
+    return 0
+
+
 def _cmd_bench_tts(args: argparse.Namespace) -> int:
     from anchor.bench.tts import bench_tts
 
@@ -378,6 +386,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_bench_tts)
+    p = bench_sub.add_parser("asr", help="WER per voice/noise condition, RTF per backend, streaming latency")
+    p.add_argument("--no-streaming", action="store_true", help="skip the real-time streaming latency part")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_bench_asr)
     return parser
 
 

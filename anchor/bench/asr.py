@@ -1,0 +1,197 @@
+"""``anchor bench asr``: recognition quality and speed on voices we did not tune on.
+
+The evaluation set is built at run time: Debian's ``espeak-ng`` at several
+speeds and pitches, and the default Piper voice, each clean and with white
+noise at 20 dB and 10 dB SNR. Reported: WER per condition, RTF per backend
+(CTranslate2; torch on the converted checkpoint), and, streaming the Piper
+clips at real-time pace through the recognizer stage, barge-in latency
+(speech onset -> SpeechStarted) and end of speech -> final transcript.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from anchor.config import AnchorSettings
+from anchor.frames import AudioChunk, EndOfUtterance, Frame, SpeechStarted, TextDelta, Transcript
+from anchor.listen.recognizer import SpeechRecognizer
+from anchor.offline import join_audio, read_wav, run_stages
+from anchor.quality import word_error_rate
+from anchor.runtime import Runtime
+from anchor.speech.resample import StreamingResampler
+from anchor.speech.tts import PiperTTS
+from anchor.stage import StageContext
+from anchor.stats import summarize
+from engines.asr.convert import convert_ct2_whisper
+from engines.asr.ct2_whisper import CT2Whisper, packaged_tiny_en
+from engines.models.whisper import load_whisper
+
+SENTENCES = [
+    "The city council approved the new budget after a long debate.",
+    "Heavy snow closed several mountain roads overnight.",
+    "The company reported higher profits for the third quarter.",
+    "Scientists discovered a new species of frog in the rainforest.",
+    "The museum will reopen to visitors next month.",
+    "Train services are running normally again this morning.",
+    "The minister answered questions from reporters at noon.",
+    "Local farmers expect a good harvest this autumn.",
+]
+ESPEAK_VOICES = [("espeak_s140_p35", 140, 35), ("espeak_s175_p50", 175, 50), ("espeak_s210_p70", 210, 70)]
+SNRS = {"clean": None, "snr20": 20.0, "snr10": 10.0}
+
+
+def to_16k(audio: npt.NDArray[np.float32], rate: int) -> npt.NDArray[np.float32]:
+    r = StreamingResampler(rate, 16000)
+    return np.concatenate([r.process(audio), r.flush()])
+
+
+def espeak(text: str, speed: int, pitch: int) -> npt.NDArray[np.float32]:
+    if shutil.which("espeak-ng") is None:
+        raise RuntimeError("espeak-ng is not installed (Debian package espeak-ng)")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "s.wav"
+        subprocess.run(
+            ["espeak-ng", "-v", "en-us", "-s", str(speed), "-p", str(pitch), "-w", str(out), text], check=True
+        )
+        audio, rate = read_wav(out)
+    return to_16k(audio[:, 0], rate)
+
+
+def add_noise(
+    audio: npt.NDArray[np.float32], snr_db: float | None, rng: np.random.Generator
+) -> npt.NDArray[np.float32]:
+    if snr_db is None:
+        return audio
+    speech_power = float(np.mean(audio[np.abs(audio) > 1e-4] ** 2))
+    noise = rng.standard_normal(len(audio)) * np.sqrt(speech_power / 10 ** (snr_db / 10))
+    return np.asarray(np.clip(audio + noise, -1, 1), dtype=np.float32)
+
+
+async def piper_clips(runtime: Runtime) -> list[npt.NDArray[np.float32]]:
+    clips = []
+    for i, text in enumerate(SENTENCES):
+        frames: list[Frame] = [
+            TextDelta(text=text, utterance_id=f"s{i}"),
+            EndOfUtterance(utterance_id=f"s{i}"),
+        ]
+        clips.append(
+            join_audio(
+                [f async for f in run_stages(runtime, [PiperTTS()], frames) if isinstance(f, AudioChunk)]
+            )
+        )
+    return clips
+
+
+def evaluation_set(
+    piper48: list[npt.NDArray[np.float32]], seed: int = 0
+) -> dict[str, list[npt.NDArray[np.float32]]]:
+    """Condition name -> one 16 kHz clip per sentence."""
+    rng = np.random.default_rng(seed)
+    voices = {"piper": [to_16k(c, 48000) for c in piper48]}
+    for name, speed, pitch in ESPEAK_VOICES:
+        voices[name] = [espeak(s, speed, pitch) for s in SENTENCES]
+    return {
+        f"{voice}/{snr}": [add_noise(c, db, rng) for c in clips]
+        for voice, clips in voices.items()
+        for snr, db in SNRS.items()
+    }
+
+
+def _torch_transcriber(model_dir: Path) -> Any:
+    from faster_whisper.feature_extractor import FeatureExtractor
+    from faster_whisper.tokenizer import Tokenizer
+    from tokenizers import Tokenizer as HFTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "tiny.en.pt"
+        convert_ct2_whisper(model_dir, path)
+        model = load_whisper(path)
+    features = FeatureExtractor(feature_size=80)
+    tokenizer = Tokenizer(HFTokenizer.from_file(str(model_dir / "tokenizer.json")), multilingual=False)
+
+    def transcribe(audio: npt.NDArray[np.float32]) -> str:
+        feats = features(audio)
+        feats = np.pad(feats, ((0, 0), (0, max(0, 3000 - feats.shape[1]))))[None, :, :3000].astype(np.float32)
+        tokens = model.greedy(
+            torch.from_numpy(feats), [tokenizer.sot, tokenizer.no_timestamps], eot=tokenizer.eot
+        )
+        return str(tokenizer.decode(tokens)).strip()
+
+    return transcribe
+
+
+async def _stream_latency(runtime: Runtime, clips48: list[npt.NDArray[np.float32]]) -> dict[str, Any]:
+    gap = np.zeros(int(48000 * 1.2), np.float32)
+    onsets, ends, parts, pos = [], [], [gap], len(gap)
+    for clip in clips48:
+        onsets.append(pos / 48000)
+        pos += len(clip)
+        ends.append(pos / 48000)
+        parts += [clip, gap]
+        pos += len(gap)
+    audio = np.concatenate(parts)
+    stage = SpeechRecognizer()
+    await stage.start(StageContext("bench", runtime.settings, runtime.executor, runtime.engines))
+    starts: list[float] = []
+    finals: list[float] = []
+    began = time.perf_counter()
+    try:
+        for i in range(0, len(audio), 960):
+            if (delay := began + i / 48000 - time.perf_counter()) > 0:
+                await asyncio.sleep(delay)
+            async for frame in stage.process(AudioChunk(pcm=audio[i : i + 960], sample_rate=48000, pts=i)):
+                now = time.perf_counter() - began
+                if isinstance(frame, SpeechStarted):
+                    starts.append(now)
+                elif isinstance(frame, Transcript) and frame.final:
+                    finals.append(now)
+    finally:
+        await stage.stop()
+    return {
+        "barge_in_ms": summarize([1000 * (s - o) for s, o in zip(starts, onsets, strict=False)]),
+        "end_to_final_ms": summarize([1000 * (f - e) for f, e in zip(finals, ends, strict=False)]),
+        "utterances": len(clips48),
+        "finals": len(finals),
+    }
+
+
+async def bench_asr(settings: AnchorSettings, *, streaming: bool = True) -> dict[str, Any]:
+    async with Runtime(settings) as runtime:
+        piper48 = await piper_clips(runtime)
+        conditions = evaluation_set(piper48)
+        model_dir = packaged_tiny_en()
+        backends = {"ctranslate2": CT2Whisper(model_dir).transcribe, "torch": _torch_transcriber(model_dir)}
+        wer: dict[str, dict[str, float]] = {}
+        rtf: dict[str, Any] = {}
+        for backend, transcribe in backends.items():
+            times, seconds = [], []
+            wer[backend] = {}
+            for condition, clips in conditions.items():
+                heard = []
+                for clip in clips:
+                    began = time.perf_counter()
+                    heard.append(transcribe(clip))
+                    times.append(time.perf_counter() - began)
+                    seconds.append(len(clip) / 16000)
+                wer[backend][condition] = round(word_error_rate(SENTENCES, heard), 4)
+            rtf[backend] = summarize([t / s for t, s in zip(times, seconds, strict=True)])
+        result: dict[str, Any] = {
+            "bench": "asr",
+            "model": "whisper tiny.en",
+            "sentences": len(SENTENCES),
+            "wer": wer,
+            "rtf": rtf,
+        }
+        if streaming:
+            result["streaming"] = await _stream_latency(runtime, piper48)
+        return result
