@@ -156,3 +156,33 @@ async def test_viewer_speech_barges_in_on_the_anchor(tmp_path: Path, speech: dic
         finished = await next_event(events, "utterance_finished", anchor, guard_s=30)
         assert finished.detail == "interrupted"
         await next_event(events, "silence", guard_s=10)
+
+
+async def test_ten_minutes_of_speech_and_silence_keep_memory_flat(
+    runtime: Runtime, speech: dict[str, np.ndarray]
+) -> None:
+    import tracemalloc
+
+    pattern = np.concatenate([silence(7.0), speech[SECOND], silence(1.0), speech[FIRST]])
+    repeats = int(np.ceil(600 * 48000 / len(pattern)))
+    stage = SpeechRecognizer()
+    await stage.start(StageContext("t", runtime.settings, runtime.executor, runtime.engines))
+    finals, samples, marks = 0, 0, []
+    tracemalloc.start()
+    try:
+        for _ in range(repeats):
+            for chunk in chunks(pattern, ms=500):
+                async for frame in stage.process(chunk):
+                    finals += isinstance(frame, Transcript) and frame.final
+                samples += chunk.num_samples
+            marks.append((samples / 48000, tracemalloc.get_traced_memory()[0]))
+    finally:
+        tracemalloc.stop()
+        await stage.stop()
+    assert samples / 48000 >= 600
+    assert finals >= 2 * repeats - 2, "every utterance still gets its final"
+    first_half = max(m for t, m in marks if 60 <= t <= 300)
+    second_half = max(m for t, m in marks if t > 300)
+    assert second_half <= first_half + 2 * 2**20, (
+        f"memory grew: {first_half / 2**20:.1f} -> {second_half / 2**20:.1f} MiB"
+    )
