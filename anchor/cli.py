@@ -231,6 +231,17 @@ def _cmd_transcribe(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     settings = _settings(args)
+    if not args.stream and args.backend != "ctranslate2":
+        from engines.asr.whisper_parts import WhisperGreedy
+
+        speech = InputConditioner(16000)(AudioChunk(pcm=np.ascontiguousarray(audio), sample_rate=rate))
+        whisper = WhisperGreedy(settings.engines, args.backend)
+        try:
+            text = whisper.transcribe(speech[: 30 * 16000])
+        finally:
+            whisper.close()
+        print(json.dumps({"text": text, "backend": args.backend}) if args.json else text)
+        return 0
     if not args.stream:
         chunk = AudioChunk(pcm=np.ascontiguousarray(audio), sample_rate=rate)
         result = CT2Whisper().recognize(InputConditioner(16000)(chunk))
@@ -342,7 +353,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("transcribe", help="transcribe a WAV file with Whisper tiny.en (word timings)")
     p.add_argument("file", type=Path, help="PCM WAV, any rate and channel count")
-    p.add_argument("--backend", choices=["ctranslate2"], default="ctranslate2")
+    p.add_argument(
+        "--backend",
+        choices=["ctranslate2", "torch", "onnxruntime", "tensorrt"],
+        default="ctranslate2",
+        help="ctranslate2 (faster-whisper, word timings) or the engine layer (greedy, first 30 s)",
+    )
     p.add_argument("--stream", action="store_true", help="stream it at real-time pace: partials and finals")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_transcribe)

@@ -44,7 +44,9 @@ def export_onnx(spec: EngineSpec, module: nn.Module, path: Path, *, opset: int =
     output_names = [t.name for t in spec.outputs]
     try:
         if spec.exporter == "dynamo":
-            dims = {a: torch.export.Dim(a, min=d.min, max=d.max) for a, d in spec.axes.items()}
+            # torch.export reasons about sizes >= 1; an axis that may be empty (a first, empty
+            # kv-cache) stays symbolic in the ONNX graph all the same.
+            dims = {a: torch.export.Dim(a, min=max(1, d.min), max=d.max) for a, d in spec.axes.items()}
             shapes = tuple(
                 {i: dims[a] for i, a in enumerate(t.shape) if isinstance(a, str)} for t in spec.inputs
             )

@@ -10,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 from torch import nn
 
+from engines.asr.whisper_parts import whisper_specs
 from engines.models.hifigan import HiFiGanConfig, HiFiGanGenerator
 from engines.settings import EngineSettings
 from engines.spec import Dim, EngineSpec, TensorSpec
@@ -78,6 +79,10 @@ def _tacotron_part(name: str) -> Callable[[WeightsSource | None], EngineSpec]:
     return lambda weights: tacotron2_specs(weights)[name]
 
 
+def _whisper_part(name: str) -> Callable[[WeightsSource | None], EngineSpec]:
+    return lambda weights: whisper_specs(weights)[name]
+
+
 _CATALOG: dict[str, Callable[[WeightsSource | None], EngineSpec]] = {
     "hifigan": hifigan_spec,
     "piper-joe": lambda weights: piper_spec("piper-joe", weights),
@@ -86,6 +91,7 @@ _CATALOG: dict[str, Callable[[WeightsSource | None], EngineSpec]] = {
         name: _tacotron_part(name)
         for name in ("tacotron2-encoder", "tacotron2-decoder-step", "tacotron2-postnet")
     },
+    **{name: _whisper_part(name) for name in ("whisper-encoder", "whisper-cross-kv", "whisper-decoder")},
 }
 
 

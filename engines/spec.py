@@ -26,8 +26,8 @@ class Dim:
     max: int
 
     def __post_init__(self) -> None:
-        if not 1 <= self.min <= self.opt <= self.max:
-            raise ValueError(f"dynamic axis needs 1 <= min <= opt <= max, got {self}")
+        if not 0 <= self.min <= self.opt <= self.max or self.opt < 1:
+            raise ValueError(f"dynamic axis needs 0 <= min <= opt <= max and opt >= 1, got {self}")
 
 
 @dataclass(frozen=True)

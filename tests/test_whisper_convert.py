@@ -82,7 +82,9 @@ def test_truncated_and_foreign_files_fail_precisely(tmp_path: Path) -> None:
         load_whisper(tmp_path / "x.pt")
 
 
-def test_the_converted_model_hears_what_ctranslate2_hears(converted: Path) -> None:
+def speech_features() -> tuple[np.ndarray, np.ndarray]:
+    """A news sentence in the default voice: 16 kHz audio and its 30 s log-mel features."""
+
     async def speak() -> np.ndarray:
         async with Runtime(AnchorSettings()) as rt:
             frames: list[Frame] = [
@@ -98,6 +100,11 @@ def test_the_converted_model_hears_what_ctranslate2_hears(converted: Path) -> No
     audio = np.concatenate([r.process(audio48), r.flush()])
     feats = FeatureExtractor(feature_size=80)(audio)
     feats = np.pad(feats, ((0, 0), (0, max(0, 3000 - feats.shape[1]))))[None, :, :3000].astype(np.float32)
+    return audio, feats
+
+
+def test_the_converted_model_hears_what_ctranslate2_hears(converted: Path) -> None:
+    _, feats = speech_features()
     reference = ctranslate2.models.Whisper(str(packaged_tiny_en()), device="cpu", compute_type="float32")
     storage = ctranslate2.StorageView.from_array(feats)
     expected = np.array(reference.encode(storage, to_cpu=True))

@@ -2,10 +2,11 @@
 
 The evaluation set is built at run time: Debian's ``espeak-ng`` at several
 speeds and pitches, and the default Piper voice, each clean and with white
-noise at 20 dB and 10 dB SNR. Reported: WER per condition, RTF per backend
-(CTranslate2; torch on the converted checkpoint), and, streaming the Piper
+noise at 20 dB and 10 dB SNR. Reported: WER per condition, RTF per backend, and, streaming the Piper
 clips at real-time pace through the recognizer stage, barge-in latency
 (speech onset -> SpeechStarted) and end of speech -> final transcript.
+Backends: CTranslate2 (faster-whisper, int8) and the engine layer's
+torch and onnxruntime (fp32, kv-cache greedy decoding).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import torch
 
 from anchor.config import AnchorSettings
 from anchor.frames import AudioChunk, EndOfUtterance, Frame, SpeechStarted, TextDelta, Transcript
@@ -32,9 +32,8 @@ from anchor.speech.resample import StreamingResampler
 from anchor.speech.tts import PiperTTS
 from anchor.stage import StageContext
 from anchor.stats import summarize
-from engines.asr.convert import convert_ct2_whisper
 from engines.asr.ct2_whisper import CT2Whisper, packaged_tiny_en
-from engines.models.whisper import load_whisper
+from engines.asr.whisper_parts import WhisperGreedy
 
 SENTENCES = [
     "The city council approved the new budget after a long debate.",
@@ -107,29 +106,6 @@ def evaluation_set(
     }
 
 
-def _torch_transcriber(model_dir: Path) -> Any:
-    from faster_whisper.feature_extractor import FeatureExtractor
-    from faster_whisper.tokenizer import Tokenizer
-    from tokenizers import Tokenizer as HFTokenizer
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "tiny.en.pt"
-        convert_ct2_whisper(model_dir, path)
-        model = load_whisper(path)
-    features = FeatureExtractor(feature_size=80)
-    tokenizer = Tokenizer(HFTokenizer.from_file(str(model_dir / "tokenizer.json")), multilingual=False)
-
-    def transcribe(audio: npt.NDArray[np.float32]) -> str:
-        feats = features(audio)
-        feats = np.pad(feats, ((0, 0), (0, max(0, 3000 - feats.shape[1]))))[None, :, :3000].astype(np.float32)
-        tokens = model.greedy(
-            torch.from_numpy(feats), [tokenizer.sot, tokenizer.no_timestamps], eot=tokenizer.eot
-        )
-        return str(tokenizer.decode(tokens)).strip()
-
-    return transcribe
-
-
 async def _stream_latency(runtime: Runtime, clips48: list[npt.NDArray[np.float32]]) -> dict[str, Any]:
     gap = np.zeros(int(48000 * 1.2), np.float32)
     onsets, ends, parts, pos = [], [], [gap], len(gap)
@@ -169,8 +145,12 @@ async def bench_asr(settings: AnchorSettings, *, streaming: bool = True) -> dict
     async with Runtime(settings) as runtime:
         piper48 = await piper_clips(runtime)
         conditions = evaluation_set(piper48)
-        model_dir = packaged_tiny_en()
-        backends = {"ctranslate2": CT2Whisper(model_dir).transcribe, "torch": _torch_transcriber(model_dir)}
+        engine_settings = settings.engines
+        backends = {
+            "ctranslate2": CT2Whisper(packaged_tiny_en()).transcribe,
+            "torch": WhisperGreedy(engine_settings, "torch").transcribe,
+            "onnxruntime": WhisperGreedy(engine_settings, "onnxruntime").transcribe,
+        }
         wer: dict[str, dict[str, float]] = {}
         rtf: dict[str, Any] = {}
         for backend, transcribe in backends.items():
