@@ -23,8 +23,3 @@ def video_frames_complete(samples: int, sample_rate: int, fps: Fraction | int) -
 
 def samples_for_ms(ms: float, sample_rate: int) -> int:
     return round(ms * sample_rate / 1000)
-
-
-def resample_pts(pts: int, from_rate: int, to_rate: int) -> int:
-    """Map a sample index between rates without accumulating rounding error."""
-    return (pts * to_rate) // from_rate

@@ -54,9 +54,6 @@ class Utterances:
     def is_live(self, utterance_id: str) -> bool:
         return utterance_id in self._live
 
-    def is_cancelled(self, utterance_id: str) -> bool:
-        return utterance_id in self._cancelled
-
     def is_stale(self, frame: Frame) -> bool:
         return bool(frame.utterance_id) and frame.utterance_id in self._cancelled
 

@@ -68,7 +68,6 @@ def hifigan_spec(weights: WeightsSource | None = None) -> EngineSpec:
             "data/generator_universal.pth.tar",
             expected_sha256="771eaf4876485a35e25577563d390c262e23c2421e4a8c929eacfde34a5b7a60",
         ),
-        build=lambda: HiFiGanGenerator(HiFiGanConfig()),
         load=load_hifigan,
         sample_value=_log_mel,
         media_seconds=lambda inputs: inputs["mel"].shape[2] * 256 / 22050,

@@ -47,8 +47,7 @@ class EngineSpec:
     outputs: tuple[TensorSpec, ...]
     axes: Mapping[str, Dim]
     weights: WeightsSource
-    #: The PyTorch definition and its loader; ``None`` for a model published only as ONNX.
-    build: Callable[[], nn.Module] | None = None
+    #: The PyTorch module with its weights; ``None`` for a model published only as ONNX.
     load: Callable[[Path], nn.Module] | None = None
     #: Axis every batched input and output shares as dimension 0; the hub batches along it.
     batch_axis: str = "batch"

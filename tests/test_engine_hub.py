@@ -30,7 +30,6 @@ def doubling_spec(name: str = "double") -> EngineSpec:
         outputs=(TensorSpec("y", "float32", ("batch", "n")),),
         axes={"batch": Dim(1, 1, 32), "n": Dim(1, 4, 64)},
         weights=WeightsSource.path(Path("/unused")),
-        build=nn.Identity,
         load=lambda _p: nn.Identity(),
     )
 

@@ -6,7 +6,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from anchor.clock import resample_pts, video_frame_span, video_frames_complete
+from anchor.clock import video_frame_span, video_frames_complete
 from anchor.frames import AudioChunk, EndOfUtterance, Interrupt, MelChunk, TextDelta, VideoFrame
 
 
@@ -64,4 +64,3 @@ def test_video_spans_tile_the_audio_without_drift() -> None:
     assert ends[-1][1] == int(1_000_000 * Fraction(48000) / ntsc)
     assert video_frames_complete(1919, 48000, 25) == 0
     assert video_frames_complete(1920, 48000, 25) == 1
-    assert resample_pts(22050, 22050, 48000) == 48000

@@ -232,7 +232,6 @@ def waveglow_spec(weights: WeightsSource | None = None) -> EngineSpec:
             "samples": Dim(2048, 16384, 262144),
         },
         weights=weights or WeightsSource.project("waveglow.pt"),
-        build=lambda: WaveGlow(WaveGlowConfig()),
         load=load_waveglow,
         sample_value=_mel_and_noise,
         media_seconds=lambda inputs: inputs["mel"].shape[2] * 256 / 22050,

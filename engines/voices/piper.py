@@ -82,9 +82,9 @@ class PiperVoice:
                 out.append(ids)
         return out
 
-    def inputs(self, ids: list[int], *, length_scale: float | None = None) -> Arrays:
+    def inputs(self, ids: list[int]) -> Arrays:
         c = self.config
-        scales = [c.noise_scale, c.length_scale if length_scale is None else length_scale, c.noise_w]
+        scales = [c.noise_scale, c.length_scale, c.noise_w]
         return {
             "input": np.asarray([ids], dtype=np.int64),
             "input_lengths": np.asarray([len(ids)], dtype=np.int64),
