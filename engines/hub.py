@@ -283,10 +283,9 @@ async def _build(factory: Callable[[], T]) -> T:
 
     thread = threading.Thread(target=work, name="hub-resource-build", daemon=True)
     thread.start()
-    try:
-        return await done
-    finally:
-        thread.join()
+    value = await done  # if cancelled, the daemon thread finishes on its own; never join it here
+    thread.join()  # its last step was resolving ``done``: returns at once
+    return value
 
 
 def _split(result: Arrays, rows: list[int]) -> list[Arrays]:

@@ -8,8 +8,10 @@
 - ``Transcript(final=True)`` at end of speech, with word timings (ms since
   the stream began), unless Whisper's own confidence says it heard nothing.
 
-VAD runs on every chunk; partial decoding runs in one background task, so
-a slow decode never delays barge-in. Audio kept is bounded: the utterance
+VAD runs on every chunk, on the event loop itself (about 1.4 ms per 32 ms
+window): barge-in must not queue behind Whisper decodes that hold the
+worker threads. Partial decoding runs in one background task, so a slow
+decode never delays barge-in. Audio kept is bounded: the utterance
 (at most ``max_utterance_s``) and a short pre-roll.
 """
 

@@ -152,11 +152,16 @@ class VocoderStage(Stage):
             self._open[frame.utterance_id] = state
         return state
 
-    def _audio(self, uid: str, blocks: list[npt.NDArray[np.float32]], tail: bool = False) -> list[AudioChunk]:
+    async def _audio(
+        self, uid: str, blocks: list[npt.NDArray[np.float32]], tail: bool = False
+    ) -> list[AudioChunk]:
         _, resampler, pts = self._open[uid]
-        pieces = [resampler.process(b) for b in blocks]
-        if tail:
-            pieces.append(resampler.flush())
+
+        def resample() -> list[npt.NDArray[np.float32]]:
+            pieces = [resampler.process(b) for b in blocks]
+            return [*pieces, resampler.flush()] if tail else pieces
+
+        pieces = await self.run_blocking(resample)
         rate = self.ctx.settings.media.sample_rate
         chunks = []
         for pcm in pieces:
@@ -169,11 +174,11 @@ class VocoderStage(Stage):
         uid = frame.utterance_id
         if isinstance(frame, MelChunk):
             vocoder = self._state(frame)[0]
-            for chunk in self._audio(uid, await vocoder.push(frame.mel)):
+            for chunk in await self._audio(uid, await vocoder.push(frame.mel)):
                 yield chunk
         elif isinstance(frame, EndOfUtterance):
             if uid in self._open:
-                for chunk in self._audio(uid, await self._open[uid][0].flush(), tail=True):
+                for chunk in await self._audio(uid, await self._open[uid][0].flush(), tail=True):
                     yield chunk
                 del self._open[uid]
             yield frame
