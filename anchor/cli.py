@@ -145,8 +145,8 @@ def _vocoder_stage(name: str, sigma: float) -> Stage:
 
 
 def _cmd_say(args: argparse.Namespace) -> int:
-    from anchor.frames import AudioChunk, EndOfUtterance, TextDelta
-    from anchor.offline import join_audio, run_stages, write_wav
+    from anchor.frames import AudioChunk
+    from anchor.offline import join_audio, render_text, write_wav
     from anchor.runtime import Runtime
     from anchor.speech.tacotron import Tacotron2TTS
     from anchor.speech.tts import PiperTTS
@@ -162,9 +162,8 @@ def _cmd_say(args: argparse.Namespace) -> int:
         stages = [PiperTTS()]
 
     async def render() -> list[AudioChunk]:
-        frames = [TextDelta(text=args.text, utterance_id="say"), EndOfUtterance(utterance_id="say")]
         async with Runtime(settings) as runtime:
-            return [f async for f in run_stages(runtime, stages, frames) if isinstance(f, AudioChunk)]
+            return await render_text(runtime, args.text, stages)
 
     chunks = asyncio.run(render())
     audio = join_audio(chunks)

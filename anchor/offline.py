@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from anchor.frames import AudioChunk, Frame
+from anchor.frames import AudioChunk, EndOfUtterance, Frame, TextDelta
 from anchor.runtime import Runtime
 from anchor.stage import Stage, StageContext
 
@@ -37,6 +37,20 @@ async def run_stages(
     finally:
         for stage in reversed(stages):
             await stage.stop()
+
+
+async def render_text(
+    runtime: Runtime, text: str, stages: Sequence[Stage] | None = None, utterance_id: str = "text"
+) -> list[AudioChunk]:
+    """``text`` spoken by ``stages`` (default: the Piper voice), as fast as they go."""
+    from anchor.speech.tts import PiperTTS  # the default voice; its import loads the phonemizer
+
+    frames: list[Frame] = [
+        TextDelta(text=text, utterance_id=utterance_id),
+        EndOfUtterance(utterance_id=utterance_id),
+    ]
+    chain = list(stages) if stages is not None else [PiperTTS()]
+    return [f async for f in run_stages(runtime, chain, frames) if isinstance(f, AudioChunk)]
 
 
 def write_wav(path: Path, audio: npt.NDArray[np.float32], sample_rate: int) -> None:

@@ -13,9 +13,9 @@ import numpy.typing as npt
 import pytest
 
 from anchor import AUDIO_OUT, AnchorSettings, Graph, Runtime
-from anchor.frames import AudioChunk, EndOfUtterance, Frame, SpeechStarted, TextDelta, Transcript
+from anchor.frames import AudioChunk, Frame, SpeechStarted, Transcript
 from anchor.listen.recognizer import SpeechRecognizer
-from anchor.offline import join_audio, run_stages
+from anchor.offline import join_audio, render_text
 from anchor.quality import word_error_rate
 from anchor.responders import SayResponder
 from anchor.speech.tts import PiperTTS
@@ -32,13 +32,7 @@ def speech() -> dict[str, npt.NDArray[np.float32]]:
         async with Runtime(AnchorSettings()) as rt:
             out = {}
             for text in (FIRST, SECOND):
-                frames: list[Frame] = [
-                    TextDelta(text=text, utterance_id="x"),
-                    EndOfUtterance(utterance_id="x"),
-                ]
-                out[text] = join_audio(
-                    [f async for f in run_stages(rt, [PiperTTS()], frames) if isinstance(f, AudioChunk)]
-                )
+                out[text] = join_audio(await render_text(rt, text))
             return out
 
     return asyncio.run(render())

@@ -11,11 +11,11 @@ import numpy.typing as npt
 import pytest
 
 from anchor import AUDIO_OUT, AnchorSettings, Graph, Runtime
-from anchor.frames import AudioChunk, EndOfUtterance, Frame, MelChunk, TextDelta
-from anchor.offline import join_audio, run_stages
+from anchor.frames import AudioChunk, EndOfUtterance, Frame, MelChunk
+from anchor.offline import join_audio, render_text, run_stages
 from anchor.quality import word_error_rate
 from anchor.responders import SayResponder
-from anchor.speech.resample import StreamingResampler
+from anchor.speech.resample import resample
 from anchor.speech.tts import PiperTTS
 from anchor.speech.vocoder import ChunkedVocoder, VocoderStage
 from engines.asr.ct2_whisper import CT2Whisper
@@ -49,13 +49,11 @@ async def runtime(tmp_path: Path) -> AsyncIterator[Runtime]:
 
 
 def to_16k(audio: npt.NDArray[np.float32], rate: int) -> npt.NDArray[np.float32]:
-    r = StreamingResampler(rate, 16000)
-    return np.concatenate([r.process(audio), r.flush()])
+    return resample(audio, rate, 16000)
 
 
 async def speak(runtime: Runtime, text: str, uid: str = "u") -> list[AudioChunk]:
-    frames: list[Frame] = [TextDelta(text=text, utterance_id=uid), EndOfUtterance(utterance_id=uid)]
-    return [f async for f in run_stages(runtime, [PiperTTS()], frames) if isinstance(f, AudioChunk)]
+    return await render_text(runtime, text, utterance_id=uid)
 
 
 async def test_default_voice_is_intelligible(runtime: Runtime, whisper: CT2Whisper) -> None:

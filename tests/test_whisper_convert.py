@@ -13,10 +13,8 @@ import torch
 from faster_whisper.feature_extractor import FeatureExtractor
 
 from anchor import AnchorSettings, Runtime
-from anchor.frames import AudioChunk, EndOfUtterance, Frame, TextDelta
-from anchor.offline import join_audio, run_stages
-from anchor.speech.resample import StreamingResampler
-from anchor.speech.tts import PiperTTS
+from anchor.offline import join_audio, render_text
+from anchor.speech.resample import resample
 from engines.asr.convert import convert_ct2_whisper, ct2_to_openai
 from engines.asr.ct2_reader import CT2Model, read_ct2
 from engines.asr.ct2_whisper import packaged_tiny_en
@@ -87,17 +85,9 @@ def speech_features() -> tuple[np.ndarray, np.ndarray]:
 
     async def speak() -> np.ndarray:
         async with Runtime(AnchorSettings()) as rt:
-            frames: list[Frame] = [
-                TextDelta(text="Officials expect heavy rain across the north.", utterance_id="x"),
-                EndOfUtterance(utterance_id="x"),
-            ]
-            return join_audio(
-                [f async for f in run_stages(rt, [PiperTTS()], frames) if isinstance(f, AudioChunk)]
-            )
+            return join_audio(await render_text(rt, "Officials expect heavy rain across the north."))
 
-    audio48 = asyncio.run(speak())
-    r = StreamingResampler(48000, 16000)
-    audio = np.concatenate([r.process(audio48), r.flush()])
+    audio = resample(asyncio.run(speak()), 48000, 16000)
     feats = FeatureExtractor(feature_size=80)(audio)
     feats = np.pad(feats, ((0, 0), (0, max(0, 3000 - feats.shape[1]))))[None, :, :3000].astype(np.float32)
     return audio, feats

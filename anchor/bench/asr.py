@@ -23,13 +23,12 @@ import numpy as np
 import numpy.typing as npt
 
 from anchor.config import AnchorSettings
-from anchor.frames import AudioChunk, EndOfUtterance, Frame, SpeechStarted, TextDelta, Transcript
+from anchor.frames import AudioChunk, SpeechStarted, Transcript
 from anchor.listen.recognizer import SpeechRecognizer
-from anchor.offline import join_audio, read_wav, run_stages
+from anchor.offline import join_audio, read_wav, render_text
 from anchor.quality import word_error_rate
 from anchor.runtime import Runtime
-from anchor.speech.resample import StreamingResampler
-from anchor.speech.tts import PiperTTS
+from anchor.speech.resample import resample
 from anchor.stage import StageContext
 from anchor.stats import summarize
 from engines.asr.ct2_whisper import CT2Whisper, packaged_tiny_en
@@ -49,11 +48,6 @@ ESPEAK_VOICES = [("espeak_s140_p35", 140, 35), ("espeak_s175_p50", 175, 50), ("e
 SNRS = {"clean": None, "snr20": 20.0, "snr10": 10.0}
 
 
-def to_16k(audio: npt.NDArray[np.float32], rate: int) -> npt.NDArray[np.float32]:
-    r = StreamingResampler(rate, 16000)
-    return np.concatenate([r.process(audio), r.flush()])
-
-
 def espeak(text: str, speed: int, pitch: int) -> npt.NDArray[np.float32]:
     if shutil.which("espeak-ng") is None:
         raise RuntimeError("espeak-ng is not installed (Debian package espeak-ng)")
@@ -63,7 +57,7 @@ def espeak(text: str, speed: int, pitch: int) -> npt.NDArray[np.float32]:
             ["espeak-ng", "-v", "en-us", "-s", str(speed), "-p", str(pitch), "-w", str(out), text], check=True
         )
         audio, rate = read_wav(out)
-    return to_16k(audio[:, 0], rate)
+    return resample(audio[:, 0], rate, 16000)
 
 
 def add_noise(
@@ -77,18 +71,7 @@ def add_noise(
 
 
 async def piper_clips(runtime: Runtime) -> list[npt.NDArray[np.float32]]:
-    clips = []
-    for i, text in enumerate(SENTENCES):
-        frames: list[Frame] = [
-            TextDelta(text=text, utterance_id=f"s{i}"),
-            EndOfUtterance(utterance_id=f"s{i}"),
-        ]
-        clips.append(
-            join_audio(
-                [f async for f in run_stages(runtime, [PiperTTS()], frames) if isinstance(f, AudioChunk)]
-            )
-        )
-    return clips
+    return [join_audio(await render_text(runtime, text)) for text in SENTENCES]
 
 
 def evaluation_set(
@@ -96,7 +79,7 @@ def evaluation_set(
 ) -> dict[str, list[npt.NDArray[np.float32]]]:
     """Condition name -> one 16 kHz clip per sentence."""
     rng = np.random.default_rng(seed)
-    voices = {"piper": [to_16k(c, 48000) for c in piper48]}
+    voices = {"piper": [resample(c, 48000, 16000) for c in piper48]}
     for name, speed, pitch in ESPEAK_VOICES:
         voices[name] = [espeak(s, speed, pitch) for s in SENTENCES]
     return {

@@ -19,6 +19,12 @@ _KAISER_BETA = 8.6
 _PASSBAND = 0.94  # fraction of the lower Nyquist frequency kept
 
 
+def resample(audio: npt.NDArray[np.floating], from_rate: int, to_rate: int) -> npt.NDArray[np.float32]:
+    """One-shot resampling of a whole signal (the same filter as the streaming form)."""
+    r = StreamingResampler(from_rate, to_rate)
+    return np.concatenate([r.process(audio), r.flush()])
+
+
 class StreamingResampler:
     def __init__(self, from_rate: int, to_rate: int, *, taps_per_phase: int = _TAPS_PER_PHASE) -> None:
         if from_rate <= 0 or to_rate <= 0:
