@@ -110,6 +110,19 @@ def _median_ms(backend: Backend, spec: EngineSpec, runs: int = 5) -> float:
     return statistics.median(times)
 
 
+def backend_memo(settings: EngineSettings) -> dict[str, dict[str, object]]:
+    """Remembered CPU backend choices (an unreadable memo counts as empty, and is rewritten)."""
+    memo = settings.cache_dir / "backend-choice.json"
+    if not memo.is_file():
+        return {}
+    try:
+        known = json.loads(memo.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        log.warning("ignoring unreadable backend memo %s", memo)
+        return {}
+    return known if isinstance(known, dict) else {}
+
+
 def choose_cpu_backend(spec: EngineSpec, settings: EngineSettings, weights: WeightsInfo) -> str:
     """The faster of torch and onnxruntime on this CPU for this model, measured once and remembered."""
     memo = settings.cache_dir / "backend-choice.json"
@@ -117,12 +130,7 @@ def choose_cpu_backend(spec: EngineSpec, settings: EngineSettings, weights: Weig
         f"{spec.name}:{weights.sha256[:16]}:cpus{os.cpu_count()}:threads{settings.cpu_threads}:"
         f"torch{torch.__version__}:ort{ort.__version__}"
     )
-    known: dict[str, dict[str, object]] = {}
-    if memo.is_file():
-        try:
-            known = json.loads(memo.read_text())
-        except json.JSONDecodeError:
-            log.warning("ignoring unreadable backend memo %s", memo)
+    known = backend_memo(settings)
     if key in known:
         return str(known[key]["backend"])
     module = spec.module(weights.path)

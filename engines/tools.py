@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ import onnx
 from engines.backends.ort_backend import OrtBackend
 from engines.backends.torch_backend import TorchBackend
 from engines.backends.trt_backend import tensorrt_available
-from engines.engine import cuda_device, ensure_onnx, tensorrt_backend, weights_info
+from engines.engine import backend_memo, cuda_device, ensure_onnx, tensorrt_backend, weights_info
 from engines.settings import EngineSettings
 from engines.spec import EngineSpec, Which, relative_error
 from engines.weights import WeightsError
@@ -34,8 +33,7 @@ def _parity(
 
 
 def list_engines(specs: dict[str, EngineSpec], settings: EngineSettings) -> list[dict[str, Any]]:
-    memo_path = settings.cache_dir / "backend-choice.json"
-    memo = json.loads(memo_path.read_text()) if memo_path.is_file() else {}
+    memo = backend_memo(settings)
     device = cuda_device(settings)
     rows = []
     for name, spec in specs.items():
@@ -52,7 +50,9 @@ def list_engines(specs: dict[str, EngineSpec], settings: EngineSettings) -> list
             info = weights_info(spec)
             row.update(weights_path=str(info.path), weights_sha256=info.sha256, status="ready")
             chosen = [v["backend"] for k, v in memo.items() if k.startswith(f"{name}:{info.sha256[:16]}:")]
-            if backend == "auto":
+            if backend == "auto" and spec.prebuilt_onnx:
+                row["backend"] = "auto -> onnxruntime (published as ONNX)"
+            elif backend == "auto":
                 row["backend"] = f"auto -> {chosen[-1]}" if chosen else "auto (measured on first use)"
         except WeightsError as exc:
             row.update(status="missing weights", error=str(exc))
