@@ -14,7 +14,7 @@ import pytest
 
 from anchor import AUDIO_OUT, AnchorSettings, Graph, Runtime
 from anchor.frames import AudioChunk, Frame, SpeechStarted, Transcript
-from anchor.listen.recognizer import SpeechRecognizer
+from anchor.listen.recognizer import SpeechRecognizer, _agreed, _extension
 from anchor.offline import join_audio, render_text
 from anchor.quality import word_error_rate
 from anchor.responders import SayResponder
@@ -107,6 +107,18 @@ async def test_partials_in_real_time_grow_and_never_retract(
     assert len(finals) == 1
     final_at = next(t for t, f in events if isinstance(f, Transcript) and f.final)
     assert final_at > next(t for t, f in events if isinstance(f, Transcript))
+
+
+def test_sent_words_stay_when_a_later_hypothesis_splits_them_differently() -> None:
+    sent = ["The", "central", "bank-raised", "interest"]
+    later = _agreed(
+        ["The", "central", "bank", "raised", "interest", "rates", "by"],
+        ["the", "central", "bank", "raised", "interest", "rates,"],
+    )
+    assert _extension(sent, later) == ["rates,"], "words come as the newest hypothesis spells them"
+    assert _extension(sent, ["The", "central", "bank"]) == [], "a shorter agreement adds nothing"
+    assert _extension(sent, ["The", "central", "banker", "raised"]) is None, "a real change is not appended"
+    assert _extension([], ["Hello", "there"]) == ["Hello", "there"]
 
 
 async def test_no_text_from_silence_or_noise(runtime: Runtime) -> None:

@@ -4,7 +4,8 @@
   what interrupts the anchor.
 - ``Transcript(final=False)`` about every ``partial_ms`` of speech, stabilised
   by local agreement: only words two consecutive hypotheses share are sent,
-  so a partial never takes a word back.
+  and words once sent stay as sent (a later "bank raised" for a sent
+  "bank-raised" only appends what follows), so a partial never takes a word back.
 - ``Transcript(final=True)`` at end of speech, with word timings (ms since
   the stream began), unless Whisper's own confidence says it heard nothing.
 
@@ -34,14 +35,36 @@ from engines.asr.ct2_whisper import CT2Whisper, Recognition
 PRE_ROLL_S = 0.3
 
 
+def _key(word: str) -> str:
+    """What a word says, without case, punctuation or hyphenation."""
+    return "".join(ch for ch in word.lower() if ch.isalnum())
+
+
 def _agreed(a: list[str], b: list[str]) -> list[str]:
-    """The longest common word prefix of two hypotheses (compared without case or punctuation)."""
+    """The longest common word prefix of two hypotheses (compared by ``_key``)."""
     out = []
     for x, y in zip(a, b, strict=False):
-        if x.strip(".,!?;:").lower() != y.strip(".,!?;:").lower():
+        if _key(x) != _key(y):
             break
         out.append(y)
     return out
+
+
+def _extension(committed: list[str], agreed: list[str]) -> list[str] | None:
+    """The words of ``agreed`` past what ``committed`` already says, or None when they disagree.
+
+    Compared as one run of letters, so a change of hyphenation or word split
+    inside the committed part is not a disagreement.
+    """
+    said = "".join(_key(w) for w in committed)
+    heard = ""
+    for i, word in enumerate(agreed):
+        if len(heard) == len(said):
+            return agreed[i:] if heard == said else None
+        heard += _key(word)
+        if len(heard) > len(said):
+            return None
+    return [] if heard == said else None
 
 
 class SpeechRecognizer(Stage):
@@ -163,11 +186,11 @@ class SpeechRecognizer(Stage):
         self._hypotheses = [*self._hypotheses[-1:], result.text.split()]
         if len(self._hypotheses) < 2:
             return None
-        agreed = _agreed(*self._hypotheses)
-        if len(agreed) <= len(self._committed):
+        more = _extension(self._committed, _agreed(*self._hypotheses))
+        if not more:
             return None
-        self._committed = agreed
-        return Transcript(text=" ".join(agreed), final=False, utterance_id=self._turn)
+        self._committed = [*self._committed, *more]
+        return Transcript(text=" ".join(self._committed), final=False, utterance_id=self._turn)
 
     async def _finish(self, end_sample: int) -> Transcript | None:
         if self._decoding is not None:
