@@ -51,7 +51,7 @@ def _agreed(a: list[str], b: list[str]) -> list[str]:
 
 
 def _extension(committed: list[str], agreed: list[str]) -> list[str] | None:
-    """The words of ``agreed`` past what ``committed`` already says, or None when they disagree.
+    """The words of ``agreed`` past what ``committed`` says ([] if none), or None when they disagree.
 
     Compared as one run of letters, so a change of hyphenation or word split
     inside the committed part is not a disagreement.
@@ -64,7 +64,7 @@ def _extension(committed: list[str], agreed: list[str]) -> list[str] | None:
         heard += _key(word)
         if len(heard) > len(said):
             return None
-    return [] if heard == said else None
+    return [] if said.startswith(heard) else None
 
 
 class SpeechRecognizer(Stage):
