@@ -46,14 +46,20 @@ _STALL_S = 0.2
 _OFFSETS_KEPT = 256
 
 
-class IdleVideo(Protocol):
-    def idle_frame(self, index: int) -> npt.NDArray[np.uint8]:
-        """The picture for idle video frame ``index`` (a running count)."""
+class VideoLook(Protocol):
+    """What every outgoing picture passes through, on the program clock (``t`` in seconds)."""
+
+    def idle_frame(self, t: float) -> npt.NDArray[np.uint8]:
+        """The picture shown at ``t`` while nothing is said."""
+        ...
+
+    def finish(self, image: npt.NDArray[np.uint8], t: float) -> npt.NDArray[np.uint8]:
+        """A spoken frame as shown at ``t`` (idle motion such as blinks and head sway added)."""
         ...
 
 
 class StillImage:
-    """Idle video that shows one picture."""
+    """A look that shows one picture when idle and spoken frames as they are."""
 
     def __init__(self, image: npt.NDArray[np.uint8]) -> None:
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
@@ -65,8 +71,11 @@ class StillImage:
     def gray(cls, width: int, height: int) -> StillImage:
         return cls(np.full((height, width, 3), 96, dtype=np.uint8))
 
-    def idle_frame(self, index: int) -> npt.NDArray[np.uint8]:
+    def idle_frame(self, t: float) -> npt.NDArray[np.uint8]:
         return self.image
+
+    def finish(self, image: npt.NDArray[np.uint8], t: float) -> npt.NDArray[np.uint8]:
+        return image
 
 
 class PacerListener(Protocol):
@@ -163,7 +172,7 @@ class OutputPacer:
         media: MediaSettings,
         graph: GraphSettings,
         *,
-        idle: IdleVideo,
+        look: VideoLook,
         listener: PacerListener,
         is_stale: Callable[[Frame], bool],
         is_live: Callable[[str], bool],
@@ -189,7 +198,7 @@ class OutputPacer:
             on_drop=lambda f: listener.dropped("video_out", f),
             on_put=self.notify,
         )
-        self._idle = idle
+        self._look = look
         self._listener = listener
         self._is_stale = is_stale
         self._is_live = is_live
@@ -209,7 +218,6 @@ class OutputPacer:
         self._v_offset = 0
         self._v_index = 0
         self._v_last_pts = -1
-        self._idle_count = 0
         self.stalls = 0
 
     # -- consumers -----------------------------------------------------------------
@@ -423,7 +431,7 @@ class OutputPacer:
             self.video.get_nowait()
             self._send_video(
                 VideoFrame(
-                    image=frame.image,
+                    image=self._look.finish(frame.image, pts / self.sample_rate),
                     index=frame.index,
                     fps=frame.fps,
                     sample_rate=frame.sample_rate,
@@ -446,8 +454,7 @@ class OutputPacer:
             slot = now
         if slot + self._idle_grace() > now:
             return
-        image = self._idle.idle_frame(self._idle_count)
-        self._idle_count += 1
+        image = self._look.idle_frame(self._chain_pts(self._v_index) / self.sample_rate)
         self._send_video(
             VideoFrame(
                 image=image,

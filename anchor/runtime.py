@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from anchor.config import AnchorSettings
 from anchor.graph import Graph
 from anchor.metrics import Metrics
-from anchor.pacer import IdleVideo
+from anchor.pacer import VideoLook
 from anchor.session import Session
 from engines.engine import open_engine
 from engines.hub import EngineHub
@@ -43,7 +43,7 @@ class Runtime:
         self,
         graph: Graph,
         *,
-        idle: IdleVideo | None = None,
+        look: VideoLook | None = None,
         session_id: str | None = None,
         barge_in: bool = True,
     ) -> Session:
@@ -60,7 +60,7 @@ class Runtime:
             metrics=self.metrics,
             executor=self.executor,
             engines=self.engines,
-            idle=idle,
+            look=look,
             barge_in=barge_in,
         )
         try:

@@ -30,7 +30,7 @@ from anchor.frames import (
 from anchor.graph import Graph, GraphRun, Hooks
 from anchor.mailbox import Mailbox
 from anchor.metrics import Metrics
-from anchor.pacer import IdleVideo, OutputPacer, StillImage, Subscription
+from anchor.pacer import OutputPacer, StillImage, Subscription, VideoLook
 from anchor.stage import Inference, StageContext
 from anchor.utterances import Utterances
 
@@ -98,7 +98,7 @@ class Session:
         metrics: Metrics,
         executor: Executor,
         engines: Inference,
-        idle: IdleVideo | None = None,
+        look: VideoLook | None = None,
         barge_in: bool = True,
     ) -> None:
         self.id = session_id
@@ -124,7 +124,7 @@ class Session:
         self.pacer = OutputPacer(
             media,
             settings.graph,
-            idle=idle or StillImage.gray(media.width, media.height),
+            look=look or StillImage.gray(media.width, media.height),
             listener=self,
             is_stale=self.utterances.is_stale,
             is_live=self.utterances.is_live,

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import logging
+import pickle
+import types
 import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -22,6 +25,8 @@ import torch
 from torch import nn
 
 StateDict = dict[str, torch.Tensor]
+
+log = logging.getLogger(__name__)
 
 _PROJECT_WEIGHTS = Path(__file__).resolve().parent / "weights"
 
@@ -109,6 +114,44 @@ def read_checkpoint(path: Path, *, trusted_pickle: bool = False) -> Any:
         ) from None
     except Exception as exc:  # noqa: BLE001 - unpickling raises whatever the pickled classes raise
         raise WeightsError(f"checkpoint {path} could not be read: {type(exc).__name__}: {exc}") from None
+
+
+def read_checkpoint_or_module(path: Path, what: str, stand_ins: Mapping[str, tuple[str, ...]]) -> Any:
+    """A checkpoint read as tensors only, or, where the file pickles whole modules, unpickled.
+
+    Public formats such as NVIDIA's WaveGlow and some Wav2Lip copies pickle
+    the model object itself. Unpickling needs only the class names, which
+    ``stand_ins`` maps (module -> class names) to empty ``nn.Module``
+    subclasses: parameters and submodules come from the file. This runs code
+    from the file, so it is only for files the user chose, and says so.
+    """
+    if not path.is_file():
+        raise WeightsError(f"{what} checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights_only" not in str(exc) and "Weights only" not in str(exc):
+            raise WeightsError(f"{what} checkpoint {path} is truncated or not a torch file: {exc}") from None
+    except (RuntimeError, EOFError, ValueError, OSError) as exc:
+        raise WeightsError(f"{what} checkpoint {path} is truncated or not a torch file: {exc}") from None
+    log.warning(
+        "unpickling a whole %s module from %s: this runs code from the file; load only files you trust",
+        what,
+        path,
+    )
+    classes = {(m, n): type(n, (nn.Module,), {}) for m, names in stand_ins.items() for n in names}
+
+    class StandInUnpickler(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            return classes.get((module, name)) or super().find_class(module, name)
+
+    module = types.SimpleNamespace(Unpickler=StandInUnpickler, load=pickle.load, __name__="pickle")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=module)
+    except Exception as exc:  # noqa: BLE001 - unpickling raises whatever the pickled classes raise
+        raise WeightsError(
+            f"{what} checkpoint {path} could not be unpickled: {type(exc).__name__}: {exc}"
+        ) from None
 
 
 def strip_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> StateDict:

@@ -15,10 +15,7 @@ Any channel, layer or flow counts work: they are read off the tensor shapes
 
 from __future__ import annotations
 
-import logging
-import pickle
 import re
-import types
 from pathlib import Path
 from typing import Any
 
@@ -35,48 +32,13 @@ from engines.weights import (
     WeightsSource,
     check_state_dict,
     fold_weight_norm,
+    read_checkpoint_or_module,
     strip_prefix,
 )
 
-log = logging.getLogger(__name__)
-
-# Stand-ins for the classes of NVIDIA's ``glow`` module: unpickling only needs
-# the names; the state (parameters, submodules, hooks) comes from the file.
-_GLOW_CLASSES = {name: type(name, (nn.Module,), {}) for name in ("WaveGlow", "WN", "Invertible1x1Conv")}
-
-
-class _GlowUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        if module == "glow" and name in _GLOW_CLASSES:
-            return _GLOW_CLASSES[name]
-        return super().find_class(module, name)
-
-
-_glow_pickle = types.SimpleNamespace(Unpickler=_GlowUnpickler, load=pickle.load, __name__="pickle")
-
 
 def _read(path: Path) -> Any:
-    if not path.is_file():
-        raise WeightsError(f"WaveGlow checkpoint not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "weights_only" not in str(exc) and "Weights only" not in str(exc):
-            raise WeightsError(
-                f"WaveGlow checkpoint {path} is truncated or not a torch file: {exc}"
-            ) from None
-    except (RuntimeError, EOFError, ValueError, OSError) as exc:
-        raise WeightsError(f"WaveGlow checkpoint {path} is truncated or not a torch file: {exc}") from None
-    log.warning(
-        "unpickling the whole WaveGlow module in %s: this runs code from the file; load only files you trust",
-        path,
-    )
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_glow_pickle)
-    except Exception as exc:  # noqa: BLE001 - unpickling raises whatever the pickled classes raise
-        raise WeightsError(
-            f"WaveGlow checkpoint {path} could not be unpickled: {type(exc).__name__}: {exc}"
-        ) from None
+    return read_checkpoint_or_module(path, "WaveGlow", {"glow": ("WaveGlow", "WN", "Invertible1x1Conv")})
 
 
 def _state_and_config(data: Any, path: Path) -> tuple[StateDict, dict[str, Any] | None]:

@@ -1,0 +1,96 @@
+"""The Wav2Lip face driver: the GAN redraws the lower face, which is pasted back without a seam.
+
+The crop is the detected face with Wav2Lip's default padding (10 px more
+below the chin, scaled to the image), resized to 96x96. Every frame feeds
+the generator the crop with its lower half blanked plus the crop itself as
+the reference, and the frame's 16-mel window. The generated lower face goes
+back through a mask that is zero on the crop's edge and in its upper half,
+after matching its colours to the portrait, so neither the box nor a colour
+step shows (the best-known complaint about Wav2Lip's own paste-back).
+Frames of every session go through the engine hub, which batches them.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from anchor.face.portrait import Box, Image, Portrait, feathered_mask, paste
+from anchor.face.stage import FaceTrack, Heard
+from anchor.stage import StageContext
+from engines.face.wav2lip import FACE_SIZE, lookahead_samples, streaming_windows
+
+ENGINE = "wav2lip"
+
+
+def wav2lip_crop(portrait: Portrait) -> Box:
+    """The face box grown as Wav2Lip's ``--pads 0 10 0 0`` (at its 96 px scale), inside the image."""
+    f = portrait.face
+    w, h = portrait.size
+    below = round(10 * f.h / FACE_SIZE)
+    y1 = min(h, f.y + f.h + below)
+    return Box(max(0, f.x), max(0, f.y), min(w, f.x + f.w) - max(0, f.x), y1 - max(0, f.y))
+
+
+def lower_face_mask(h: int, w: int) -> npt.NDArray[np.float32]:
+    """Feathered to zero on every edge and over the upper half (which the generator only copies)."""
+    rows = np.linspace(0, 1, h, dtype=np.float32)[:, None]
+    upper = np.clip((rows - 0.42) / 0.16, 0.0, 1.0)
+    return np.asarray(feathered_mask(h, w) * (upper * upper * (3 - 2 * upper)), dtype=np.float32)
+
+
+class Wav2LipDriver:
+    history_samples = 601  # half a mel window, a hop of rounding in its start, one sample of pre-emphasis
+
+    def __init__(self, portrait: Portrait, engine: str = ENGINE) -> None:
+        self.portrait = portrait
+        self.engine = engine
+        self.box = wav2lip_crop(portrait)
+        b = self.box
+        crop = portrait.image[b.y : b.y + b.h, b.x : b.x + b.w]
+        face = cv2.resize(crop[:, :, ::-1], (FACE_SIZE, FACE_SIZE), interpolation=cv2.INTER_AREA)
+        reference = np.asarray(face, dtype=np.float32).transpose(2, 0, 1) / 255  # BGR, [3, 96, 96]
+        masked = reference.copy()
+        masked[:, FACE_SIZE // 2 :] = 0
+        self.faces = np.concatenate([masked, reference])[None]  # [1, 6, 96, 96]
+        self.mask = lower_face_mask(b.h, b.w)
+
+    def lookahead_samples(self, fps: Fraction) -> int:
+        return lookahead_samples(float(fps))
+
+    async def prepare(self, ctx: StageContext) -> None:
+        await ctx.engines.prepare(self.engine)
+
+    def track(self, fps: Fraction) -> FaceTrack:
+        return _Wav2LipTrack(self, fps)
+
+    def compose(self, generated: npt.NDArray[np.float32]) -> list[Image]:
+        """Paste ``[N, 3, 96, 96]`` BGR faces in [0, 1] back into the portrait."""
+        b = self.box
+        out = []
+        for face in generated:
+            rgb = np.ascontiguousarray(face[::-1].transpose(1, 2, 0))
+            patch = cv2.resize(
+                np.clip(rgb * 255 + 0.5, 0, 255).astype(np.uint8), (b.w, b.h), interpolation=cv2.INTER_CUBIC
+            )
+            out.append(paste(self.portrait.image, patch, b, self.mask))
+        return out
+
+
+class _Wav2LipTrack:
+    def __init__(self, driver: Wav2LipDriver, fps: Fraction) -> None:
+        self.driver = driver
+        self.fps = fps
+
+    async def render(self, ctx: StageContext, heard: Heard, first: int, count: int) -> list[Image]:
+        d = self.driver
+        windows = await ctx.run_blocking(
+            streaming_windows, heard.audio, heard.start, first, count, float(self.fps)
+        )
+        faces = np.repeat(d.faces, count, axis=0)
+        result = await ctx.infer(d.engine, {"audio": windows, "faces": faces})
+        generated = np.asarray(result["face"], dtype=np.float32)
+        return await ctx.run_blocking(d.compose, generated)
