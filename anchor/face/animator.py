@@ -129,8 +129,8 @@ class MouthRenderer:
         )  # the jaw moves as one, wider than the lips
         self._lip_blend = _smoothstep(below / (0.45 * hw))  # lower lip (0) to jaw (1)
         self._near = (1.0 - _smoothstep((np.abs(self._u) - 1.0) / 0.6)) * (
-            1.0 - _smoothstep(np.abs(below) / (1.1 * hw) - 0.2)
-        )
+            1.0 - _smoothstep((np.abs(below) - 0.3 * hw) / (0.5 * hw))
+        )  # the width change: nothing left 0.8 half-widths above or below the lip line
         self.base = portrait.image
         self._roi = portrait.image[self.y0 : self.y1, self.x0 : self.x1].astype(np.float32)
 
