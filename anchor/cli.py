@@ -298,6 +298,24 @@ def _cmd_transcribe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_lipsync(args: argparse.Namespace) -> int:
+    from anchor.face.lipsync import lipsync
+    from anchor.face.portrait import AvatarError
+
+    settings = _with_weights(_settings(args), "wav2lip", args.checkpoint)
+    try:
+        result = asyncio.run(
+            lipsync(settings, args.audio, args.out, avatar=args.avatar, wav2lip=args.checkpoint is not None)
+        )
+    except (AvatarError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
+    print(
+        f"wrote {args.out}: {result.frames} frames ({result.video_s:.2f} s video, "
+        f"{result.audio_s:.2f} s audio) with the {result.driver} face"
+    )
+    return 0
+
+
 def _cmd_bench_asr(args: argparse.Namespace) -> int:
     from anchor.bench.asr import bench_asr
 
@@ -361,6 +379,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stream", action="store_true", help="stream it at real-time pace: partials and finals")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_transcribe)
+
+    p = sub.add_parser("lipsync", help="a WAV file onto an avatar: a talking-head MP4 (H.264 + AAC)")
+    p.add_argument("audio", type=Path, help="speech as a PCM WAV file (any rate, mono or stereo)")
+    p.add_argument("-o", "--out", type=Path, required=True, help="MP4 file to write")
+    p.add_argument(
+        "--avatar", type=Path, default=None, help="portrait image or short video (default: bundled)"
+    )
+    p.add_argument("--checkpoint", type=Path, default=None, help="Wav2Lip checkpoint (default: the animator)")
+    p.set_defaults(func=_cmd_lipsync)
 
     p = sub.add_parser("demo", help="run a paced session end to end and record its audio")
     p.add_argument("text", nargs="*", help="sentences to speak (one utterance each)")

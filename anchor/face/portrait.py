@@ -122,13 +122,13 @@ def _mouth(gray: npt.NDArray[np.uint8], face: Box) -> Mouth:
     return Mouth(cx=cx, y=y, half_width=half_width, chin=max(chin, 0.2 * face.h))
 
 
-def make_portrait(image: Image) -> Portrait:
-    """A portrait from an RGB uint8 image with one clearly visible frontal face."""
+def make_portrait(image: Image, face: Box | None = None) -> Portrait:
+    """A portrait from an RGB uint8 image with one clearly visible frontal face (or its known box)."""
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise AvatarError(
             f"avatar must be an RGB uint8 image (height, width, 3), got {image.dtype} {image.shape}"
         )
-    face = detect_face(image)
+    face = face or detect_face(image)
     gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
     image = image.copy()
     image.flags.writeable = False

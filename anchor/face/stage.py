@@ -162,13 +162,27 @@ class FaceStage(Stage):
             self._live.pop(uid, None)
 
 
+def looped(index: int, length: int) -> int:
+    """Frame ``index`` of an avatar video of ``length`` frames played forwards, backwards, forwards, ..."""
+    if length <= 1:
+        return 0
+    k = index % (2 * length - 2)
+    return k if k < length else 2 * length - 2 - k
+
+
 class AnimatorDriver:
-    """The default driver: ``MouthTrack`` + ``MouthRenderer`` (no weights; see ``animator``)."""
+    """The default driver: ``MouthTrack`` + ``MouthRenderer`` (no weights; see ``animator``).
+
+    Several renderers (one per frame of a video avatar) are used in a
+    forwards-backwards loop; an image avatar has one.
+    """
 
     history_samples = 0
 
-    def __init__(self, renderer: MouthRenderer) -> None:
-        self.renderer = renderer
+    def __init__(self, *renderers: MouthRenderer) -> None:
+        if not renderers:
+            raise ValueError("AnimatorDriver needs at least one MouthRenderer")
+        self.renderers = renderers
 
     def lookahead_samples(self, fps: Fraction) -> int:
         return math.ceil(RATE / fps)  # the next frame (the 3-tap smoother)
@@ -177,12 +191,12 @@ class AnimatorDriver:
         return None
 
     def track(self, fps: Fraction) -> FaceTrack:
-        return _AnimatorTrack(self.renderer, fps)
+        return _AnimatorTrack(self.renderers, fps)
 
 
 class _AnimatorTrack:
-    def __init__(self, renderer: MouthRenderer, fps: Fraction) -> None:
-        self.renderer = renderer
+    def __init__(self, renderers: tuple[MouthRenderer, ...], fps: Fraction) -> None:
+        self.renderers = renderers
         self.fps = fps
         self.mouth = MouthTrack()
         self._fed = 0  # frames whose audio the track has analysed
@@ -201,7 +215,8 @@ class _AnimatorTrack:
             if shape is not None:
                 shapes.append(shape)
         self._drawn += count
-        return [self.renderer.render(s) for s in shapes]
+        n = len(self.renderers)
+        return [self.renderers[looped(first + k, n)].render(s) for k, s in enumerate(shapes)]
 
     async def render(self, ctx: StageContext, heard: Heard, first: int, count: int) -> list[Image]:
         return await ctx.run_blocking(self._draw, heard, first, count)

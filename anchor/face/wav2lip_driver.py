@@ -12,6 +12,7 @@ Frames of every session go through the engine hub, which batches them.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from fractions import Fraction
 
 import cv2
@@ -19,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from anchor.face.portrait import Box, Image, Portrait, feathered_mask, paste
-from anchor.face.stage import FaceTrack, Heard
+from anchor.face.stage import FaceTrack, Heard, looped
 from anchor.stage import StageContext
 from engines.face.wav2lip import FACE_SIZE, lookahead_samples, streaming_windows
 
@@ -42,21 +43,42 @@ def lower_face_mask(h: int, w: int) -> npt.NDArray[np.float32]:
     return np.asarray(feathered_mask(h, w) * (upper * upper * (3 - 2 * upper)), dtype=np.float32)
 
 
-class Wav2LipDriver:
-    history_samples = 601  # half a mel window, a hop of rounding in its start, one sample of pre-emphasis
+@dataclass(frozen=True)
+class _Crop:
+    portrait: Portrait
+    box: Box
+    faces: npt.NDArray[np.float32]  # [1, 6, 96, 96]: masked target, then reference
+    mask: npt.NDArray[np.float32]
 
-    def __init__(self, portrait: Portrait, engine: str = ENGINE) -> None:
-        self.portrait = portrait
-        self.engine = engine
-        self.box = wav2lip_crop(portrait)
-        b = self.box
+    @classmethod
+    def of(cls, portrait: Portrait) -> _Crop:
+        b = wav2lip_crop(portrait)
         crop = portrait.image[b.y : b.y + b.h, b.x : b.x + b.w]
         face = cv2.resize(crop[:, :, ::-1], (FACE_SIZE, FACE_SIZE), interpolation=cv2.INTER_AREA)
         reference = np.asarray(face, dtype=np.float32).transpose(2, 0, 1) / 255  # BGR, [3, 96, 96]
         masked = reference.copy()
         masked[:, FACE_SIZE // 2 :] = 0
-        self.faces = np.concatenate([masked, reference])[None]  # [1, 6, 96, 96]
-        self.mask = lower_face_mask(b.h, b.w)
+        return cls(portrait, b, np.concatenate([masked, reference])[None], lower_face_mask(b.h, b.w))
+
+    def compose(self, generated: npt.NDArray[np.float32]) -> Image:
+        b = self.box
+        rgb = np.ascontiguousarray(generated[::-1].transpose(1, 2, 0))
+        face = np.clip(rgb * 255 + 0.5, 0, 255).astype(np.uint8)
+        return paste(
+            self.portrait.image, cv2.resize(face, (b.w, b.h), interpolation=cv2.INTER_CUBIC), b, self.mask
+        )
+
+
+class Wav2LipDriver:
+    """Wav2Lip on one portrait, or on each frame of a video avatar in a forwards-backwards loop."""
+
+    history_samples = 601  # half a mel window, a hop of rounding in its start, one sample of pre-emphasis
+
+    def __init__(self, *portraits: Portrait, engine: str = ENGINE) -> None:
+        if not portraits:
+            raise ValueError("Wav2LipDriver needs at least one portrait")
+        self.engine = engine
+        self.crops = [_Crop.of(p) for p in portraits]
 
     def lookahead_samples(self, fps: Fraction) -> int:
         return lookahead_samples(float(fps))
@@ -67,17 +89,12 @@ class Wav2LipDriver:
     def track(self, fps: Fraction) -> FaceTrack:
         return _Wav2LipTrack(self, fps)
 
-    def compose(self, generated: npt.NDArray[np.float32]) -> list[Image]:
-        """Paste ``[N, 3, 96, 96]`` BGR faces in [0, 1] back into the portrait."""
-        b = self.box
-        out = []
-        for face in generated:
-            rgb = np.ascontiguousarray(face[::-1].transpose(1, 2, 0))
-            patch = cv2.resize(
-                np.clip(rgb * 255 + 0.5, 0, 255).astype(np.uint8), (b.w, b.h), interpolation=cv2.INTER_CUBIC
-            )
-            out.append(paste(self.portrait.image, patch, b, self.mask))
-        return out
+    def crops_for(self, first: int, count: int) -> list[_Crop]:
+        return [self.crops[looped(first + k, len(self.crops))] for k in range(count)]
+
+    def compose(self, generated: npt.NDArray[np.float32], first: int = 0) -> list[Image]:
+        """Paste ``[N, 3, 96, 96]`` BGR faces in [0, 1] (frames ``first ..``) back into their portraits."""
+        return [c.compose(g) for c, g in zip(self.crops_for(first, len(generated)), generated, strict=True)]
 
 
 class _Wav2LipTrack:
@@ -90,7 +107,7 @@ class _Wav2LipTrack:
         windows = await ctx.run_blocking(
             streaming_windows, heard.audio, heard.start, first, count, float(self.fps)
         )
-        faces = np.repeat(d.faces, count, axis=0)
+        faces = np.concatenate([c.faces for c in d.crops_for(first, count)])
         result = await ctx.infer(d.engine, {"audio": windows, "faces": faces})
         generated = np.asarray(result["face"], dtype=np.float32)
-        return await ctx.run_blocking(d.compose, generated)
+        return await ctx.run_blocking(d.compose, generated, first)

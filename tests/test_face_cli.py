@@ -1,0 +1,99 @@
+"""``anchor lipsync``: image and video avatars, the animator and Wav2Lip, an MP4 in sync, bad input."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from anchor.cli import main
+from anchor.face.avatar import load_avatar, smooth_boxes
+from anchor.face.portrait import Box, default_image
+from anchor.offline import write_wav
+from engines.face.wav2lip import Wav2Lip
+from streams.mp4 import MediaWriter
+
+
+def speech_like(seconds: float, rate: int = 22050) -> np.ndarray:
+    """Syllables: a buzzy 140 Hz voice, 4 bursts a second."""
+    t = np.arange(int(seconds * rate)) / rate
+    voice = np.sign(np.sin(2 * np.pi * 140 * t)) * 0.2 + 0.1 * np.sin(2 * np.pi * 700 * t)
+    return (voice * np.clip(np.sin(2 * np.pi * 4 * t), 0, None)).astype(np.float32)
+
+
+def probe(path: Path) -> dict[str, tuple[str, float, float, int]]:
+    """Per stream type: codec, rate, duration in seconds and decoded frames."""
+    out = {}
+    with av.open(str(path)) as container:
+        for stream in container.streams:
+            rate = float(stream.average_rate) if stream.type == "video" else float(stream.sample_rate)
+            frames = sum(1 for _ in container.decode(stream))
+            container.seek(0)
+            out[stream.type] = (
+                stream.codec_context.name,
+                rate,
+                float(stream.duration * stream.time_base),
+                frames,
+            )
+    return out
+
+
+def test_lipsync_writes_h264_and_aac_in_sync(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_wav(tmp_path / "talk.wav", speech_like(2.0), 22050)
+    assert main(["lipsync", str(tmp_path / "talk.wav"), "-o", str(tmp_path / "out.mp4")]) == 0
+    assert "50 frames" in capsys.readouterr().out
+    streams = probe(tmp_path / "out.mp4")
+    codec, fps, video_s, frames = streams["video"]
+    assert (codec, fps, frames) == ("h264", 25.0, 50)
+    codec, rate, audio_s, _ = streams["audio"]
+    assert (codec, rate) == ("aac", 22050.0)
+    assert abs(video_s - audio_s) < 0.04, "audio and video end together (within a frame)"
+
+
+def test_a_video_avatar_loops_with_smoothed_boxes_and_wav2lip_weights(tmp_path: Path) -> None:
+    still = default_image()
+    with MediaWriter(tmp_path / "avatar.mp4", width=512, height=512, fps=25, sample_rate=16000) as writer:
+        for k in range(12):  # the head drifts right by a pixel a frame
+            writer.add_video(np.roll(still, k, axis=1))
+        writer.add_audio(np.zeros(8000, dtype=np.float32))
+    portraits = load_avatar(tmp_path / "avatar.mp4")
+    assert len(portraits) == 12
+    xs = [p.face.x for p in portraits]
+    assert xs[-1] > xs[0] and max(np.diff(xs)) <= 3, "boxes follow the face, without jumps"
+    torch.manual_seed(0)
+    torch.save(
+        {"state_dict": {f"module.{k}": v for k, v in Wav2Lip().state_dict().items()}}, tmp_path / "w.pth"
+    )
+    write_wav(tmp_path / "talk.wav", speech_like(1.0, 16000), 16000)
+    args = ["lipsync", str(tmp_path / "talk.wav"), "--avatar", str(tmp_path / "avatar.mp4")]
+    assert main([*args, "--checkpoint", str(tmp_path / "w.pth"), "-o", str(tmp_path / "out.mp4")]) == 0
+    assert probe(tmp_path / "out.mp4")["video"][3] == math.ceil(1.0 * 25)
+
+
+def test_box_smoothing_fills_missed_detections() -> None:
+    boxes = [Box(10, 10, 50, 50), None, Box(14, 10, 50, 50), None, None, None, None, None, None]
+    smoothed = smooth_boxes(boxes)
+    assert smoothed[1] == Box(12, 10, 50, 50)
+    assert smoothed[-1] == Box(14, 10, 50, 50), "far from any detection: the nearest one"
+
+
+def test_bad_avatar_or_audio_exits_2_with_the_reason(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_wav(tmp_path / "talk.wav", speech_like(0.5), 22050)
+    blank = tmp_path / "blank.png"
+    cv2.imwrite(str(blank), np.full((200, 300, 3), 128, dtype=np.uint8))
+    assert (
+        main(["lipsync", str(tmp_path / "talk.wav"), "--avatar", str(blank), "-o", str(tmp_path / "o.mp4")])
+        == 2
+    )
+    assert "no face found in the 300x200 avatar image" in capsys.readouterr().err
+    (tmp_path / "bad.wav").write_bytes(b"RIFF0000WAVEjunk")
+    assert main(["lipsync", str(tmp_path / "bad.wav"), "-o", str(tmp_path / "o.mp4")]) == 2
+    assert "bad.wav" in capsys.readouterr().err
+    assert not (tmp_path / "o.mp4").exists()
