@@ -316,6 +316,14 @@ def _cmd_lipsync(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_face(args: argparse.Namespace) -> int:
+    from anchor.bench.face import bench_face
+
+    result = asyncio.run(bench_face(_settings(args), rounds=args.rounds))
+    _print(result, args.json)
+    return 0
+
+
 def _cmd_bench_asr(args: argparse.Namespace) -> int:
     from anchor.bench.asr import bench_asr
 
@@ -428,6 +436,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_bench_tts)
+    p = bench_sub.add_parser("face", help="face fps per driver/backend, first frame latency, lip-sync lag")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_bench_face)
     p = bench_sub.add_parser("asr", help="WER per voice/noise condition, RTF per backend, streaming latency")
     p.add_argument("--no-streaming", action="store_true", help="skip the real-time streaming latency part")
     p.add_argument("--json", action="store_true")

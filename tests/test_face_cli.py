@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -97,3 +98,16 @@ def test_bad_avatar_or_audio_exits_2_with_the_reason(
     assert main(["lipsync", str(tmp_path / "bad.wav"), "-o", str(tmp_path / "o.mp4")]) == 2
     assert "bad.wav" in capsys.readouterr().err
     assert not (tmp_path / "o.mp4").exists()
+
+
+def test_bench_face_reports_fps_latency_and_sync(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "face", "--json", "--rounds", "1"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["animator"]["fps"] > 0 and result["animator"]["threads"] == 1
+    assert set(result["first_frame"]) == {"animator", "wav2lip"}
+    assert (
+        result["first_frame"]["animator"]["first_frame_ms"]["p50"]
+        >= result["first_frame"]["animator"]["lookahead_ms"]
+    )
+    assert {g["backend"] for g in result["wav2lip_generator"]} == {"torch", "onnxruntime"}
+    assert abs(result["lipsync"]["lag_frames"]) <= 1
