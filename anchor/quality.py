@@ -1,9 +1,12 @@
-"""Quality measures used by tests and benchmarks: word error rate."""
+"""Quality measures used by tests and benchmarks: word error rate, lip-sync lag."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
 
 from anchor.speech.normalize import normalize
 
@@ -32,3 +35,15 @@ def word_error_rate(references: Sequence[str], hypotheses: Sequence[str]) -> flo
     if words == 0:
         raise ValueError("the references hold no words")
     return sum(_edits(r, h) for r, h in pairs) / words
+
+
+def best_lag(
+    opening: npt.NDArray[np.float64], envelope: npt.NDArray[np.float64], reach: int = 4
+) -> tuple[int, float]:
+    scores = {}
+    for lag in range(-reach, reach + 1):
+        a = opening[max(0, lag) : len(opening) + min(0, lag)]
+        b = envelope[max(0, -lag) : len(envelope) + min(0, -lag)]
+        scores[lag] = float(np.corrcoef(a, b)[0, 1])
+    lag = max(scores, key=lambda k: scores[k])
+    return lag, scores[lag]

@@ -7,7 +7,6 @@ import itertools
 import math
 
 import numpy as np
-import numpy.typing as npt
 import pytest
 
 from anchor import AUDIO_OUT, VIDEO_OUT, AnchorSettings, Graph, Runtime
@@ -18,6 +17,7 @@ from anchor.face.stage import AnimatorDriver, FaceStage
 from anchor.fakes import FakeResponder, FakeTTS
 from anchor.frames import AudioChunk, EndOfUtterance, Frame, VideoFrame
 from anchor.offline import join_audio, render_text, run_stages
+from anchor.quality import best_lag
 from tests.helpers import next_event, recording
 
 NEWS = (
@@ -44,17 +44,6 @@ async def animate(portrait: Portrait, chunks: list[AudioChunk]) -> list[VideoFra
     async with Runtime(AnchorSettings()) as rt:
         stage = FaceStage(AnimatorDriver(MouthRenderer(portrait)))
         return [f async for f in run_stages(rt, [stage], frames) if isinstance(f, VideoFrame)]
-
-
-def best_lag(a: npt.NDArray[np.float64], b: npt.NDArray[np.float64], reach: int = 4) -> tuple[int, float]:
-    """The shift of ``a`` against ``b`` (in frames) with the highest correlation, and that correlation."""
-    scores = {}
-    for lag in range(-reach, reach + 1):
-        x = a[max(0, lag) : len(a) + min(0, lag)]
-        y = b[max(0, -lag) : len(b) + min(0, -lag)]
-        scores[lag] = float(np.corrcoef(x, y)[0, 1])
-    lag = max(scores, key=lambda k: scores[k])
-    return lag, scores[lag]
 
 
 async def test_mouth_follows_the_speech_within_a_frame(portrait: Portrait, spoken: list[AudioChunk]) -> None:

@@ -34,6 +34,7 @@ from anchor.face.stage import RATE, AnimatorDriver, FaceDriver, FaceStage
 from anchor.face.wav2lip_driver import Wav2LipDriver
 from anchor.frames import AudioChunk, EndOfUtterance, Frame, VideoFrame
 from anchor.offline import join_audio, render_text, run_stages
+from anchor.quality import best_lag
 from anchor.runtime import Runtime
 from anchor.speech.resample import resample
 from anchor.stage import StageContext
@@ -63,18 +64,6 @@ def _animator_one_core(portrait: Portrait, audio16k: npt.NDArray[np.float32], fp
         cv2.setNumThreads(threads)
     stats = summarize(times[fps:])  # the first second warms caches up
     return {"frame_ms": stats, "fps": round(1000 / float(stats["mean"]), 1), "threads": 1}
-
-
-def best_lag(
-    opening: npt.NDArray[np.float64], envelope: npt.NDArray[np.float64], reach: int = 4
-) -> tuple[int, float]:
-    scores = {}
-    for lag in range(-reach, reach + 1):
-        a = opening[max(0, lag) : len(opening) + min(0, lag)]
-        b = envelope[max(0, -lag) : len(envelope) + min(0, -lag)]
-        scores[lag] = float(np.corrcoef(a, b)[0, 1])
-    lag = max(scores, key=lambda k: scores[k])
-    return lag, scores[lag]
 
 
 async def _first_frame_ms(runtime: Runtime, stage: FaceStage, chunks: list[AudioChunk]) -> float:
