@@ -298,6 +298,20 @@ def _cmd_transcribe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from anchor.live import run_forever
+
+    settings = _settings(args)
+    if args.port is not None or args.host is not None:
+        update = {k: v for k, v in (("port", args.port), ("host", args.host)) if v is not None}
+        try:
+            webrtc = type(settings.webrtc).model_validate({**settings.webrtc.model_dump(), **update})
+        except ValueError as exc:
+            raise ConfigError(f"invalid --host/--port: {exc}") from None
+        settings = settings.model_copy(update={"webrtc": webrtc})
+    return run_forever(settings)
+
+
 def _cmd_lipsync(args: argparse.Namespace) -> int:
     from anchor.face.lipsync import lipsync
     from anchor.face.portrait import AvatarError
@@ -387,6 +401,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stream", action="store_true", help="stream it at real-time pace: partials and finals")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_transcribe)
+
+    p = sub.add_parser("run", help="the live anchor: a viewer page with voice and face over WebRTC")
+    p.add_argument("--host", default=None, help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="port (default 8080; 0 picks a free one)")
+    p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("lipsync", help="a WAV file onto an avatar: a talking-head MP4 (H.264 + AAC)")
     p.add_argument("audio", type=Path, help="speech as a PCM WAV file (any rate, mono or stereo)")

@@ -19,6 +19,7 @@ from pydantic_settings import (
 )
 
 from engines.settings import EngineSettings
+from streams.settings import WebRtcSettings
 
 
 class ConfigError(ValueError):
@@ -111,6 +112,7 @@ class AnchorSettings(BaseSettings):
     runtime: RuntimeSettings = RuntimeSettings()
     metrics: MetricsSettings = MetricsSettings()
     engines: EngineSettings = EngineSettings()
+    webrtc: WebRtcSettings = WebRtcSettings()
 
     @classmethod
     def settings_customise_sources(

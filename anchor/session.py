@@ -226,6 +226,10 @@ class Session:
         self._require_running()
         return self.pacer.subscribe(audio_ms=audio_ms, video_frames=video_frames)
 
+    def unsubscribe(self, sub: Subscription) -> None:
+        """Stop delivering to ``sub`` (a viewer that left); its waiters get ``None``."""
+        self.pacer.unsubscribe(sub)
+
     def events(self) -> EventStream:
         stream = EventStream(self.settings.runtime.event_queue)
         if self.state == "closed":

@@ -1,0 +1,115 @@
+"""``anchor run``: the anchor you can watch and hear in a browser, on the embedded defaults.
+
+One runtime, one session (``main``): what it is told to say goes through the
+default voice and the default face, paced at the edge (idle life included),
+and out over WebRTC to every viewer of the page. On a loopback-only dev
+server without a configured secret, a secret is made for this run and a
+ready-to-use viewer URL with a token (watch, talk, control) is printed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import signal
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
+from dataclasses import dataclass
+
+from pydantic import SecretStr
+
+from anchor.config import AnchorSettings
+from anchor.face.animator import MouthRenderer
+from anchor.face.look import PortraitLook
+from anchor.face.portrait import Portrait, default_image, fit, make_portrait
+from anchor.face.stage import AnimatorDriver, FaceStage
+from anchor.graph import AUDIO_OUT, VIDEO_OUT, Graph
+from anchor.responders import SayResponder
+from anchor.runtime import Runtime
+from anchor.speech.tts import PiperTTS
+from streams.auth import TokenAuthority
+from streams.server import WebRtcServer
+from streams.settings import is_loopback
+
+log = logging.getLogger(__name__)
+
+SESSION = "main"
+
+
+def anchor_graph(portrait: Portrait, fps: int) -> Graph:
+    """Say -> default voice -> program audio, and -> default face -> program video."""
+    tts = PiperTTS()
+    face = FaceStage(AnimatorDriver(MouthRenderer(portrait)), fps=fps)
+    graph = Graph().chain(SayResponder(), tts).link(tts, AUDIO_OUT)
+    return graph.add(face).link(tts, face).link(face, VIDEO_OUT)
+
+
+def default_portrait(settings: AnchorSettings) -> Portrait:
+    media = settings.media
+    return make_portrait(fit(default_image(), (media.width, media.height)))
+
+
+@dataclass(frozen=True)
+class LiveAnchor:
+    runtime: Runtime
+    server: WebRtcServer
+    token: str | None
+
+    @property
+    def viewer_url(self) -> str:
+        return f"{self.server.url}/?autostart" + (f"&token={self.token}" if self.token else "")
+
+
+def with_run_secret(settings: AnchorSettings) -> AnchorSettings:
+    """A loopback dev server without a secret gets a fresh one for this run (so a token can be printed)."""
+    webrtc = settings.webrtc
+    if webrtc.jwt_secret is not None or not is_loopback(webrtc.host):
+        return settings
+    secret = SecretStr(secrets.token_urlsafe(32))
+    return settings.model_copy(update={"webrtc": webrtc.model_copy(update={"jwt_secret": secret})})
+
+
+async def serve(settings: AnchorSettings, ready: Callable[[LiveAnchor], Awaitable[None]]) -> None:
+    """Run the anchor until cancelled; ``ready`` is awaited once viewers can connect."""
+    settings = with_run_secret(settings)
+    portrait = await asyncio.to_thread(default_portrait, settings)
+    async with Runtime(settings) as runtime:
+        session = await runtime.open_session(
+            anchor_graph(portrait, settings.media.fps), session_id=SESSION, look=PortraitLook(portrait)
+        )
+        server = WebRtcServer(settings.webrtc, {SESSION: session}, default_session=SESSION)
+        await server.start()
+        try:
+            secret = settings.webrtc.jwt_secret
+            token = None
+            if secret is not None:
+                authority = TokenAuthority(secret.get_secret_value().encode())
+                token = authority.issue("console", SESSION, {"watch", "talk", "control"})
+            await ready(LiveAnchor(runtime, server, token))
+            await asyncio.Event().wait()
+        finally:
+            await server.close()
+
+
+def run_forever(settings: AnchorSettings) -> int:
+    """``anchor run``: serve until Ctrl-C or SIGTERM, then shut down cleanly."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+
+        async def announce(live: LiveAnchor) -> None:
+            print(f"anchor is live: open {live.viewer_url}", flush=True)
+            if live.token:
+                print("the token in that URL is valid for 10 minutes (watch, talk, control)", flush=True)
+
+        await serve(settings, announce)
+
+    with suppress(asyncio.CancelledError, KeyboardInterrupt):
+        asyncio.run(main())
+    print("anchor stopped", flush=True)
+    return 0

@@ -1,0 +1,491 @@
+"""The WebRTC edge: a viewer page, ``POST /offer`` signaling and WHEP, over aiohttp and aiortc.
+
+Every viewer gets its own peer connection and its own copy of the session's
+paced output (so a slow viewer drops its own oldest video frames and never
+holds up the others). With the ``talk`` grant, the viewer's microphone goes
+into the session's input (its speech recognizer); session events (captions,
+utterance starts and ends) go to the page over a data channel.
+
+Bad requests change nothing: the body is bounded, the JSON and the SDP are
+checked before any peer connection exists, and each failure is a 4xx with a
+message that says what was wrong.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, Protocol, TypeVar
+
+from aiohttp import web
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc.sdp import SessionDescription
+
+from anchor.frames import AudioChunk
+from streams.auth import AuthError, Claims, Grant, TokenAuthority
+from streams.ice import allow_loopback_candidates
+from streams.settings import WebRtcSettings, is_loopback
+from streams.tracks import ProgramAudioTrack, ProgramFeed, ProgramVideoTrack, pump_microphone
+
+log = logging.getLogger(__name__)
+
+OPEN_GRANTS: frozenset[Grant] = frozenset({"watch", "talk", "control"})
+MAX_SAY_CHARS = 2000
+
+
+class SessionEventLike(Protocol):
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def utterance_id(self) -> str: ...
+
+    @property
+    def detail(self) -> str: ...
+
+
+class EventFeed(Protocol):
+    async def next(self) -> SessionEventLike | None: ...
+
+    def close(self) -> None: ...
+
+
+Feed = TypeVar("Feed", bound=ProgramFeed)
+
+
+class ProgramSource(Protocol[Feed]):
+    """What the edge needs of an anchor session."""
+
+    def subscribe(self, *, audio_ms: float, video_frames: int) -> Feed: ...
+
+    def unsubscribe(self, feed: Feed, /) -> None: ...
+
+    async def push(self, frame: AudioChunk) -> None: ...
+
+    async def say(self, text: str) -> str: ...
+
+    def events(self) -> EventFeed: ...
+
+
+class RequestError(ValueError):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class Peer:
+    id: str
+    session: str
+    pc: RTCPeerConnection
+    feed: ProgramFeed
+    claims: Claims
+    video: ProgramVideoTrack
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+class RateLimiter:
+    """A token bucket per client address: ``per_minute`` requests, refilled continuously."""
+
+    def __init__(self, per_minute: int, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.per_minute = per_minute
+        self.clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def allow(self, key: str) -> bool:
+        now = self.clock()
+        tokens, since = self._buckets.get(key, (float(self.per_minute), now))
+        tokens = min(float(self.per_minute), tokens + (now - since) * self.per_minute / 60)
+        if len(self._buckets) > 10_000:  # forget idle clients: bounded memory
+            self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < 60}
+        if tokens < 1:
+            self._buckets[key] = (tokens, now)
+            return False
+        self._buckets[key] = (tokens - 1, now)
+        return True
+
+
+def parse_offer_json(raw: bytes) -> tuple[str, str | None]:
+    """``(sdp, session)`` from a ``{"sdp", "type": "offer", "session"?}`` body, or ``RequestError(400)``."""
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RequestError(400, f"body is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise RequestError(400, f"body must be a JSON object, got {type(body).__name__}")
+    extra = sorted(set(body) - {"sdp", "type", "session"})
+    if extra:
+        raise RequestError(400, f"unknown fields {extra}; allowed: sdp, type, session")
+    if body.get("type") != "offer":
+        raise RequestError(400, f"type must be 'offer', got {body.get('type')!r}")
+    sdp, session = body.get("sdp"), body.get("session")
+    if not isinstance(sdp, str):
+        raise RequestError(400, "sdp must be a string")
+    if session is not None and (not isinstance(session, str) or not 0 < len(session) <= 64):
+        raise RequestError(400, "session must be a string of 1..64 characters")
+    return sdp, session
+
+
+def check_sdp(sdp: str) -> SessionDescription:
+    """A parsed offer that asks for our media, or ``RequestError(400)`` naming the problem."""
+    if not sdp.startswith("v=0"):
+        raise RequestError(400, "SDP offer must start with 'v=0'")
+    try:
+        parsed = SessionDescription.parse(sdp)
+    except Exception as exc:  # noqa: BLE001 - aiortc's parser raises many kinds on garbage
+        raise RequestError(400, f"malformed SDP offer: {type(exc).__name__}: {exc}") from None
+    kinds = {m.kind for m in parsed.media}
+    if not kinds & {"audio", "video"}:
+        raise RequestError(400, f"SDP offer has no audio or video section (found {sorted(kinds) or 'none'})")
+    for m in parsed.media:
+        if m.kind in ("audio", "video") and (
+            m.ice is None or not m.ice.usernameFragment or not m.ice.password
+        ):
+            raise RequestError(
+                400, f"SDP offer's {m.kind} section has no ICE credentials (ice-ufrag/ice-pwd)"
+            )
+    return parsed
+
+
+class WebRtcServer:
+    """Serves ``sessions`` (id -> source) to browsers and WHEP players."""
+
+    def __init__(
+        self,
+        settings: WebRtcSettings,
+        sessions: Mapping[str, ProgramSource[Any]],
+        *,
+        default_session: str,
+        on_event: Callable[[str, str], Awaitable[None]] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.default_session = default_session
+        secret = settings.jwt_secret.get_secret_value().encode() if settings.jwt_secret else None
+        self.tokens = TokenAuthority(secret) if secret else None
+        self.limiter = RateLimiter(settings.offers_per_minute)
+        self.peers: dict[str, Peer] = {}
+        self.draining = False
+        self._ids = itertools.count(1)
+        self._background: set[asyncio.Task[None]] = set()
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+        self.app = web.Application(
+            client_max_size=settings.max_body_bytes, middlewares=[self._cors, self._errors]
+        )
+        self.app.add_routes(
+            [
+                web.get("/", self._page),
+                web.get("/config", self._config),
+                web.get("/healthz", self._health),
+                web.post("/offer", self._offer),
+                web.options("/offer", self._preflight),
+                web.post("/whep/{session}", self._whep),
+                web.options("/whep/{session}", self._preflight),
+                web.delete("/whep/{session}/{peer}", self._whep_delete),
+                web.post("/say", self._say),
+                web.options("/say", self._preflight),
+            ]
+        )
+
+    # -- lifecycle -----------------------------------------------------------------
+    async def start(self) -> None:
+        if is_loopback(self.settings.host):
+            allow_loopback_candidates()
+        self._runner = web.AppRunner(self.app, access_log=None)
+        await self._runner.setup()
+        self._site = web.TCPSite(self._runner, self.settings.host, self.settings.port)
+        await self._site.start()
+
+    @property
+    def port(self) -> int:
+        assert self._runner is not None
+        addresses = self._runner.addresses
+        return int(addresses[0][1])
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.settings.host}:{self.port}"
+
+    async def close(self) -> None:
+        """New offers get 503; every live peer is closed; the listener stops."""
+        self.draining = True
+        await asyncio.gather(*(self.close_peer(pid) for pid in list(self.peers)))
+        await asyncio.gather(*self._background, return_exceptions=True)
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # -- middleware ----------------------------------------------------------------
+    def _origin_allowed(self, request: web.Request) -> bool:
+        origin = request.headers.get("Origin")
+        if origin is None:
+            return True
+        own = f"{request.scheme}://{request.host}"
+        return origin == own or origin in self.settings.cors_origins
+
+    @web.middleware
+    async def _cors(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if not self._origin_allowed(request):
+            return web.json_response(
+                {"error": f"origin {request.headers['Origin']!r} is not allowed"}, status=403
+            )
+        response = await handler(request)
+        origin = request.headers.get("Origin")
+        if origin is not None:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Vary"] = "Origin"
+            response.headers["Access-Control-Expose-Headers"] = "Location"
+        return response
+
+    @web.middleware
+    async def _errors(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except RequestError as exc:
+            return web.json_response({"error": str(exc)}, status=exc.status)
+        except AuthError as exc:
+            headers = {"WWW-Authenticate": 'Bearer realm="anchor"'} if exc.status == 401 else None
+            return web.json_response({"error": str(exc)}, status=exc.status, headers=headers)
+        except web.HTTPRequestEntityTooLarge:
+            limit = self.settings.max_body_bytes
+            return web.json_response({"error": f"request body exceeds {limit} bytes"}, status=413)
+
+    async def _preflight(self, request: web.Request) -> web.StreamResponse:
+        return web.Response(
+            status=204,
+            headers={
+                "Access-Control-Allow-Methods": "POST, DELETE, OPTIONS",
+                "Access-Control-Allow-Headers": "Authorization, Content-Type",
+                "Access-Control-Max-Age": "600",
+            },
+        )
+
+    # -- pages -------------------------------------------------------------------------
+    async def _page(self, request: web.Request) -> web.StreamResponse:
+        html = resources.files("streams").joinpath("viewer/index.html").read_text(encoding="utf-8")
+        return web.Response(text=html, content_type="text/html")
+
+    async def _config(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response(
+            {
+                "iceServers": [s.public() for s in self.settings.ice_servers],
+                "session": self.default_session,
+                "open": self.settings.open_access,
+            }
+        )
+
+    async def _health(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response(
+            {"peers": len(self.peers), "sessions": sorted(self.sessions), "draining": self.draining}
+        )
+
+    # -- signaling ---------------------------------------------------------------------
+    def _admit(
+        self, request: web.Request, session: str, need: Grant = "watch"
+    ) -> tuple[ProgramSource[Any], Claims]:
+        if self.draining:
+            raise RequestError(503, "the server is shutting down")
+        client = request.remote or "?"
+        if not self.limiter.allow(client):
+            raise RequestError(
+                429, f"too many offers from {client}; limit {self.settings.offers_per_minute}/min"
+            )
+        source = self.sessions.get(session)
+        if source is None:
+            raise RequestError(404, f"no session {session!r}; live: {sorted(self.sessions)}")
+        if self.settings.open_access:  # loopback dev server: tokens are not needed, so not checked
+            claims = Claims("anonymous", session, OPEN_GRANTS, float("inf"))
+        elif self.tokens is not None:
+            claims = self.tokens.verify(request.headers.get("Authorization"), session=session, need=need)
+        else:
+            raise AuthError("this server takes no offers: it has no token secret and is not loopback-only")
+        if need == "watch" and len(self.peers) >= self.settings.max_peers:
+            raise RequestError(503, f"viewer limit reached ({self.settings.max_peers} peers)")
+        return source, claims
+
+    async def _read(self, request: web.Request) -> bytes:
+        """The body of a POST, after the shutdown and per-client rate checks (bad requests count too)."""
+        if self.draining:
+            raise RequestError(503, "the server is shutting down")
+        client = request.remote or "?"
+        if not self.limiter.allow(client):
+            raise RequestError(
+                429, f"too many requests from {client}; limit {self.settings.offers_per_minute}/min"
+            )
+        if request.content_length is not None and request.content_length > self.settings.max_body_bytes:
+            raise RequestError(413, f"request body exceeds {self.settings.max_body_bytes} bytes")
+        return await request.read()
+
+    async def _offer(self, request: web.Request) -> web.StreamResponse:
+        sdp, session = parse_offer_json(await self._read(request))
+        session = session or self.default_session
+        source, claims = self._admit(request, session)
+        check_sdp(sdp)
+        peer = await self._connect(session, source, claims, sdp)
+        assert peer.pc.localDescription is not None
+        return web.json_response({"sdp": peer.pc.localDescription.sdp, "type": "answer", "peer": peer.id})
+
+    async def _say(self, request: web.Request) -> web.StreamResponse:
+        try:
+            body = json.loads(await self._read(request))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise RequestError(400, f"body is not JSON: {exc}") from None
+        if not isinstance(body, dict) or sorted(set(body) - {"text", "session"}):
+            raise RequestError(
+                400, "body must be an object with 'text' and optionally 'session', nothing else"
+            )
+        text, session = body.get("text"), body.get("session") or self.default_session
+        if not isinstance(text, str) or not text.strip() or len(text) > MAX_SAY_CHARS:
+            raise RequestError(400, f"text must be a non-empty string of at most {MAX_SAY_CHARS} characters")
+        if not isinstance(session, str):
+            raise RequestError(400, "session must be a string")
+        source, _ = self._admit(request, session, need="control")
+        utterance = await source.say(text)
+        return web.json_response({"utterance": utterance}, status=202)
+
+    async def _whep(self, request: web.Request) -> web.StreamResponse:
+        if request.content_type != "application/sdp":
+            raise RequestError(415, f"WHEP offers are application/sdp, got {request.content_type!r}")
+        raw = await self._read(request)
+        try:
+            sdp = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise RequestError(400, "SDP offer is not UTF-8") from None
+        session = request.match_info["session"]
+        source, claims = self._admit(request, session)
+        check_sdp(sdp)
+        peer = await self._connect(session, source, claims, sdp)
+        assert peer.pc.localDescription is not None
+        return web.Response(
+            status=201,
+            text=peer.pc.localDescription.sdp,
+            content_type="application/sdp",
+            headers={"Location": f"/whep/{session}/{peer.id}"},
+        )
+
+    async def _whep_delete(self, request: web.Request) -> web.StreamResponse:
+        peer = self.peers.get(request.match_info["peer"])
+        if peer is None or peer.session != request.match_info["session"]:
+            raise RequestError(
+                404, f"no viewer {request.match_info['peer']!r} in session {request.match_info['session']!r}"
+            )
+        if self.tokens is not None and not self.settings.open_access:
+            self.tokens.verify(request.headers.get("Authorization"), session=peer.session, need="watch")
+        await self.close_peer(peer.id)
+        return web.Response(status=200)
+
+    async def _connect(self, session: str, source: ProgramSource[Any], claims: Claims, sdp: str) -> Peer:
+        ice = [
+            RTCIceServer(
+                urls=s.urls,
+                username=s.username,
+                credential=s.credential.get_secret_value() if s.credential else None,
+            )
+            for s in self.settings.ice_servers
+        ]
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=ice))
+        feed = source.subscribe(
+            audio_ms=self.settings.audio_ms_buffered, video_frames=self.settings.video_frames_buffered
+        )
+        video = ProgramVideoTrack(feed)
+        peer = Peer(f"p{next(self._ids)}", session, pc, feed, claims, video)
+        self.peers[peer.id] = peer
+        try:
+            await self._wire(peer, source)
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+            kinds = {t.kind for t in pc.getTransceivers()}
+            if "audio" in kinds:
+                pc.addTrack(ProgramAudioTrack(feed))
+            if "video" in kinds:
+                pc.addTrack(video)
+            await pc.setLocalDescription(await pc.createAnswer())
+        except Exception as exc:  # noqa: BLE001 - aiortc raises many kinds on an offer it cannot answer
+            await self.close_peer(peer.id)
+            raise RequestError(400, f"offer could not be answered: {type(exc).__name__}: {exc}") from None
+        log.info("viewer %s joined session %s as %s", peer.id, session, claims.subject)
+        return peer
+
+    async def _wire(self, peer: Peer, source: ProgramSource[Any]) -> None:
+        pc = peer.pc
+        loop = asyncio.get_running_loop()
+
+        @pc.on("connectionstatechange")
+        async def _state() -> None:
+            if pc.connectionState in ("failed", "closed"):
+                self._spawn(self.close_peer(peer.id), f"{peer.id}:close")
+
+        @pc.on("track")
+        def _track(track: Any) -> None:
+            if track.kind == "audio" and "talk" in peer.claims.grants:
+                peer.tasks.append(
+                    loop.create_task(pump_microphone(track, source.push), name=f"{peer.id}:mic")
+                )
+
+        @pc.on("datachannel")
+        def _channel(channel: Any) -> None:
+            peer.tasks.append(loop.create_task(self._send_events(channel, source), name=f"{peer.id}:events"))
+
+    async def _send_events(self, channel: Any, source: ProgramSource[Any]) -> None:
+        events = source.events()
+        try:
+            while (event := await events.next()) is not None:
+                if channel.readyState != "open":
+                    if channel.readyState in ("closing", "closed"):
+                        return
+                    continue
+                channel.send(
+                    json.dumps({"kind": event.kind, "utterance": event.utterance_id, "detail": event.detail})
+                )
+        finally:
+            events.close()
+
+    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        """A server-owned background task: awaited on ``close()``, failures logged."""
+        task = asyncio.get_running_loop().create_task(work, name=name)
+        self._background.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._background.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.error("%s failed: %r", t.get_name(), t.exception())
+
+        task.add_done_callback(done)
+
+    async def close_peer(self, peer_id: str) -> None:
+        peer = self.peers.pop(peer_id, None)
+        if peer is None:
+            return
+        for task in peer.tasks:
+            task.cancel()
+        with contextlib.suppress(Exception):
+            await asyncio.gather(*peer.tasks, return_exceptions=True)
+        source = self.sessions.get(peer.session)
+        if source is not None:
+            source.unsubscribe(peer.feed)
+        await close_pc(peer.pc)
+        log.info("viewer %s left session %s", peer.id, peer.session)
+
+
+async def close_pc(pc: RTCPeerConnection, timeout_s: float = 2.0) -> None:
+    """Close ``pc`` and wait for the tasks aiortc started for it (it never awaits its connect task)."""
+    await pc.close()
+    own = [t for t in asyncio.all_tasks() if _bound_to(t, pc)]
+    if own:
+        await asyncio.wait(own, timeout=timeout_s)
+
+
+def _bound_to(task: asyncio.Task[Any], pc: RTCPeerConnection) -> bool:
+    frame = getattr(task.get_coro(), "cr_frame", None)
+    return frame is not None and frame.f_locals.get("self") is pc

@@ -1,0 +1,81 @@
+"""Settings of the network edge: the WebRTC server, its ICE servers and its access rules."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+MIN_SECRET_BYTES = 32
+
+
+class IceServer(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    urls: list[str] = Field(min_length=1, description="stun:/turn:/turns: URLs")
+    username: str | None = None
+    credential: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _turn_needs_credentials(self) -> IceServer:
+        for url in self.urls:
+            if not url.startswith(("stun:", "turn:", "turns:")):
+                raise ValueError(f"ICE server URL {url!r} must start with stun:, turn: or turns:")
+            if url.startswith("turn") and (self.username is None or self.credential is None):
+                raise ValueError(f"TURN server {url!r} needs a username and a credential")
+        return self
+
+    def public(self) -> dict[str, object]:
+        """The form a browser's ``RTCPeerConnection`` takes."""
+        out: dict[str, object] = {"urls": self.urls}
+        if self.username is not None and self.credential is not None:
+            out |= {"username": self.username, "credential": self.credential.get_secret_value()}
+        return out
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class WebRtcSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = Field("127.0.0.1", description="Address the HTTP server binds.")
+    port: int = Field(8080, ge=0, le=65535, description="0 picks a free port.")
+    ice_servers: list[IceServer] = Field(
+        default_factory=list, description="STUN/TURN servers for peers; none on loopback."
+    )
+    jwt_secret: SecretStr | None = Field(
+        None, description=f"HS256 secret for offer tokens (>= {MIN_SECRET_BYTES} bytes); needed off loopback."
+    )
+    dev_open: bool = Field(True, description="Loopback only: accept offers without a token (watch and talk).")
+    max_body_bytes: int = Field(64 * 1024, ge=1024, le=1024 * 1024)
+    offers_per_minute: int = Field(30, ge=1, description="Per client IP.")
+    max_peers: int = Field(64, ge=1, description="Live peer connections at most, over all sessions.")
+    cors_origins: list[str] = Field(default_factory=list, description="Origins allowed to post offers.")
+    video_frames_buffered: int = Field(
+        4, ge=1, le=100, description="Per viewer, before the oldest is dropped."
+    )
+    audio_ms_buffered: float = Field(200.0, ge=40.0, le=5000.0, description="Per viewer audio backlog.")
+
+    @model_validator(mode="after")
+    def _secret_off_loopback(self) -> WebRtcSettings:
+        secret = self.jwt_secret.get_secret_value().encode() if self.jwt_secret else b""
+        if secret and len(secret) < MIN_SECRET_BYTES:
+            raise ValueError(f"jwt_secret must be at least {MIN_SECRET_BYTES} bytes, got {len(secret)}")
+        if not is_loopback(self.host) and not secret:
+            raise ValueError(
+                f"host {self.host!r} is not loopback: set jwt_secret (>= {MIN_SECRET_BYTES} bytes); "
+                "open access is only for a loopback-only dev server"
+            )
+        return self
+
+    @property
+    def open_access(self) -> bool:
+        """Offers without a token are accepted: loopback only, and only when asked for."""
+        return self.dev_open and is_loopback(self.host)

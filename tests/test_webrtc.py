@@ -1,0 +1,290 @@
+"""The WebRTC edge against real aiortc peers on loopback: media, captions, auth, bad input, WHEP, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import av
+import jwt
+import numpy as np
+import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+
+from anchor import AUDIO_OUT, VIDEO_OUT, AnchorSettings, Graph, Runtime
+from anchor.face.animator import MouthRenderer
+from anchor.face.look import PortraitLook
+from anchor.face.portrait import default_image, fit, make_portrait
+from anchor.face.stage import AnimatorDriver, FaceStage
+from anchor.fakes import FakeTTS
+from anchor.responders import SayResponder
+from anchor.session import Session
+from streams.auth import TokenAuthority
+from streams.server import WebRtcServer, close_pc
+from streams.settings import WebRtcSettings
+
+SECRET = "s" * 40
+SIZE = 256
+
+
+def settings(**webrtc: Any) -> AnchorSettings:
+    return AnchorSettings(
+        media={"width": SIZE, "height": SIZE},  # type: ignore[arg-type]
+        webrtc={"port": 0, **webrtc},  # type: ignore[arg-type]
+    )
+
+
+@dataclass
+class Edge:
+    server: WebRtcServer
+    session: Session
+    url: str
+
+
+@pytest.fixture
+async def edge(request: pytest.FixtureRequest) -> AsyncIterator[Edge]:
+    webrtc = getattr(request, "param", {})
+    s = settings(**webrtc)
+    portrait = make_portrait(fit(default_image(), (SIZE, SIZE)))
+    tts = FakeTTS("tts", ms_per_word=150)
+    face = FaceStage(AnimatorDriver(MouthRenderer(portrait)))
+    graph = Graph().chain(SayResponder(), tts).link(tts, AUDIO_OUT)
+    graph.add(face).link(tts, face).link(face, VIDEO_OUT)
+    async with Runtime(s) as rt:
+        session = await rt.open_session(graph, session_id="main", look=PortraitLook(portrait))
+        server = WebRtcServer(s.webrtc, {"main": session}, default_session="main")
+        await server.start()
+        try:
+            yield Edge(server, session, server.url)
+        finally:
+            await server.close()
+
+
+@dataclass
+class Viewer:
+    pc: RTCPeerConnection
+    video: list[av.VideoFrame] = field(default_factory=list)
+    audio: list[av.AudioFrame] = field(default_factory=list)
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await close_pc(self.pc)
+
+
+async def _collect(track: Any, into: list[Any]) -> None:
+    while True:
+        try:
+            into.append(await track.recv())
+        except MediaStreamError:
+            return
+
+
+async def offer_sdp(viewer: Viewer | None = None) -> tuple[RTCPeerConnection, str]:
+    pc = viewer.pc if viewer else RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTransceiver("video", direction="recvonly")
+    pc.addTransceiver("audio", direction="recvonly")
+    channel = pc.createDataChannel("events")
+    if viewer is not None:
+        channel.on("message", lambda m: viewer.messages.append(json.loads(m)))
+    await pc.setLocalDescription(await pc.createOffer())
+    assert pc.localDescription is not None
+    return pc, pc.localDescription.sdp
+
+
+async def connect(url: str, *, token: str | None = None) -> Viewer:
+    viewer = Viewer(RTCPeerConnection(RTCConfiguration(iceServers=[])))
+    pc, sdp = await offer_sdp(viewer)
+    loop = asyncio.get_running_loop()
+
+    @pc.on("track")
+    def _track(track: Any) -> None:
+        viewer.tasks.append(
+            loop.create_task(_collect(track, viewer.video if track.kind == "video" else viewer.audio))
+        )
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    status, body = await post(url, "/offer", json={"sdp": sdp, "type": "offer"}, headers=headers)
+    assert status == 200, body
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=body["sdp"], type="answer"))
+    return viewer
+
+
+async def until(condition: Any, timeout_s: float = 20.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not condition():  # noqa: ASYNC110 - polls state kept by aiortc callbacks
+            await asyncio.sleep(0.05)
+
+
+async def post(url: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+    async with aiohttp.ClientSession() as http, http.post(f"{url}{path}", **kwargs) as response:
+        text = await response.text()
+        try:
+            return response.status, json.loads(text)
+        except json.JSONDecodeError:
+            return response.status, text
+
+
+async def test_a_viewer_sees_the_face_hears_the_voice_and_gets_captions(edge: Edge) -> None:
+    viewer = await connect(edge.url)
+    try:
+        await until(lambda: len(viewer.video) >= 10)
+        status, body = await post(edge.url, "/say", json={"text": "good evening and welcome to the news"})
+        assert status == 202 and body["utterance"].startswith("main/")
+        await until(
+            lambda: (
+                len(viewer.video) >= 60 and any(m["kind"] == "utterance_finished" for m in viewer.messages)
+            )
+        )
+    finally:
+        await viewer.close()
+    frame = viewer.video[-1]
+    assert (frame.width, frame.height) == (SIZE, SIZE)
+    pcm = np.concatenate([f.to_ndarray().reshape(-1) for f in viewer.audio]).astype(np.float32)
+    assert np.abs(pcm).max() > 1000, "the voice arrives (s16)"
+    assert viewer.audio[0].sample_rate == 48000
+    started = [m for m in viewer.messages if m["kind"] == "utterance_started"]
+    assert started and started[0]["detail"] == "good evening and welcome to the news"
+
+
+async def test_two_viewers_watch_one_session(edge: Edge) -> None:
+    a, b = await connect(edge.url), await connect(edge.url)
+    try:
+        await until(lambda: len(a.video) >= 25 and len(b.video) >= 25)
+        assert len(edge.server.peers) == 2
+    finally:
+        await a.close()
+        await b.close()
+    await until(lambda: not edge.server.peers)
+
+
+@pytest.mark.parametrize("edge", [{"jwt_secret": SECRET, "dev_open": False}], indirect=True)
+async def test_offers_need_a_valid_token_for_the_session(edge: Edge) -> None:
+    authority = TokenAuthority(SECRET.encode())
+    _, sdp = await offer_sdp()
+    body = {"sdp": sdp, "type": "offer"}
+    status, reply = await post(edge.url, "/offer", json=body)
+    assert (status, reply["error"]) == (401, "missing Authorization: Bearer token")
+    other = authority.issue("ana", "elsewhere", {"watch"})
+    status, reply = await post(edge.url, "/offer", json=body, headers={"Authorization": f"Bearer {other}"})
+    assert status == 403 and "not 'main'" in reply["error"]
+    now = int(time.time())
+    expired = jwt.encode(
+        {"sub": "ana", "session": "main", "grants": ["watch"], "iat": now - 700, "exp": now - 100}, SECRET
+    )
+    status, reply = await post(edge.url, "/offer", json=body, headers={"Authorization": f"Bearer {expired}"})
+    assert (status, reply["error"]) == (401, "token expired")
+    forged = jwt.encode(
+        {"sub": "ana", "session": "main", "grants": ["watch"], "iat": now, "exp": now + 60}, "x" * 40
+    )
+    status, reply = await post(edge.url, "/offer", json=body, headers={"Authorization": f"Bearer {forged}"})
+    assert status == 401 and "Signature verification failed" in reply["error"]
+    watch_only = authority.issue("ana", "main", {"watch"})
+    status, reply = await post(
+        edge.url, "/say", json={"text": "hi"}, headers={"Authorization": f"Bearer {watch_only}"}
+    )
+    assert (status, reply["error"]) == (403, "token does not grant 'control'")
+    assert not edge.server.peers
+    viewer = await connect(edge.url, token=authority.issue("ana", "main", {"watch"}))
+    try:
+        await until(lambda: len(viewer.video) >= 5)
+    finally:
+        await viewer.close()
+
+
+async def test_bad_requests_get_precise_4xx_and_create_no_peer(edge: Edge) -> None:
+    subscribers = len(edge.session.pacer._subs)
+    cases = [
+        ({"data": b"{not json"}, 400, "body is not JSON"),
+        ({"json": {"sdp": "v=0", "type": "answer"}}, 400, "type must be 'offer'"),
+        ({"json": {"sdp": "v=0", "type": "offer", "extra": 1}}, 400, "unknown fields ['extra']"),
+        ({"json": {"sdp": "hello", "type": "offer"}}, 400, "SDP offer must start with 'v=0'"),
+        (
+            {"json": {"sdp": "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n", "type": "offer"}},
+            400,
+            "no audio or video",
+        ),
+        ({"json": {"sdp": "v=0", "type": "offer", "session": "nope"}}, 404, "no session 'nope'"),
+        ({"data": b"x" * (70 * 1024)}, 413, "exceeds 65536 bytes"),
+    ]
+    for kwargs, status, message in cases:
+        got, reply = await post(edge.url, "/offer", **kwargs)
+        assert got == status and message in reply["error"], (kwargs, got, reply)
+    got, reply = await post(
+        edge.url, "/offer", json={"sdp": "v=0"}, headers={"Origin": "https://evil.example"}
+    )
+    assert (got, reply["error"]) == (403, "origin 'https://evil.example' is not allowed")
+    assert not edge.server.peers and len(edge.session.pacer._subs) == subscribers
+
+
+@pytest.mark.parametrize(
+    "edge", [{"offers_per_minute": 3, "cors_origins": ["https://news.example"]}], indirect=True
+)
+async def test_rate_limit_and_cors_allow_list(edge: Edge) -> None:
+    codes = [(await post(edge.url, "/offer", data=b"[]"))[0] for _ in range(4)]
+    assert codes == [400, 400, 400, 429]
+    async with (
+        aiohttp.ClientSession() as http,
+        http.options(
+            f"{edge.url}/say",
+            headers={"Origin": "https://news.example", "Access-Control-Request-Method": "POST"},
+        ) as response,
+    ):
+        assert response.status == 204
+        assert response.headers["Access-Control-Allow-Origin"] == "https://news.example"
+
+
+async def test_whep_player_joins_and_leaves(edge: Edge) -> None:
+    pc, sdp = await offer_sdp()
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(
+                f"{edge.url}/whep/main", data=sdp, headers={"Content-Type": "application/sdp"}
+            ) as r:
+                assert r.status == 201 and r.content_type == "application/sdp"
+                location, answer = r.headers["Location"], await r.text()
+            assert location.startswith("/whep/main/") and answer.startswith("v=0")
+            assert len(edge.server.peers) == 1
+            async with http.delete(f"{edge.url}{location}") as r:
+                assert r.status == 200
+            async with http.post(
+                f"{edge.url}/whep/main", data=sdp, headers={"Content-Type": "text/plain"}
+            ) as r:
+                assert r.status == 415
+    finally:
+        await close_pc(pc)
+    assert not edge.server.peers
+
+
+async def test_shutdown_refuses_new_offers_and_closes_peers(edge: Edge) -> None:
+    viewer = await connect(edge.url)
+    try:
+        await until(lambda: len(viewer.video) >= 5)
+        edge.server.draining = True
+        _, sdp = await offer_sdp()
+        status, reply = await post(edge.url, "/offer", json={"sdp": sdp, "type": "offer"})
+        assert (status, reply["error"]) == (503, "the server is shutting down")
+        await edge.server.close()
+        assert not edge.server.peers
+        await until(lambda: all(t.done() for t in viewer.tasks), 10)
+    finally:
+        await viewer.close()
+
+
+def test_settings_refuse_open_or_weak_secrets_off_loopback() -> None:
+    with pytest.raises(ValueError, match="is not loopback: set jwt_secret"):
+        WebRtcSettings(host="0.0.0.0")
+    with pytest.raises(ValueError, match="at least 32 bytes"):
+        WebRtcSettings(jwt_secret="short")  # type: ignore[arg-type]
+    assert not WebRtcSettings(host="0.0.0.0", jwt_secret=SECRET).open_access  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="needs a username and a credential"):
+        WebRtcSettings(ice_servers=[{"urls": ["turn:turn.example:3478"]}])  # type: ignore[list-item]
