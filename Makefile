@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/anchor demo --metrics
+	$(BIN)/anchor run
 
 test: $(STAMP)
 	$(BIN)/pytest

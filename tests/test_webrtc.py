@@ -17,53 +17,19 @@ import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
-from anchor import AUDIO_OUT, VIDEO_OUT, AnchorSettings, Graph, Runtime
-from anchor.face.animator import MouthRenderer
-from anchor.face.look import PortraitLook
-from anchor.face.portrait import default_image, fit, make_portrait
-from anchor.face.stage import AnimatorDriver, FaceStage
-from anchor.fakes import FakeTTS
-from anchor.responders import SayResponder
-from anchor.session import Session
 from streams.auth import TokenAuthority
-from streams.server import WebRtcServer, close_pc
+from streams.server import close_pc
 from streams.settings import WebRtcSettings
+from tests.edge import Edge, served_anchor
 
 SECRET = "s" * 40
 SIZE = 256
 
 
-def settings(**webrtc: Any) -> AnchorSettings:
-    return AnchorSettings(
-        media={"width": SIZE, "height": SIZE},  # type: ignore[arg-type]
-        webrtc={"port": 0, **webrtc},  # type: ignore[arg-type]
-    )
-
-
-@dataclass
-class Edge:
-    server: WebRtcServer
-    session: Session
-    url: str
-
-
 @pytest.fixture
 async def edge(request: pytest.FixtureRequest) -> AsyncIterator[Edge]:
-    webrtc = getattr(request, "param", {})
-    s = settings(**webrtc)
-    portrait = make_portrait(fit(default_image(), (SIZE, SIZE)))
-    tts = FakeTTS("tts", ms_per_word=150)
-    face = FaceStage(AnimatorDriver(MouthRenderer(portrait)))
-    graph = Graph().chain(SayResponder(), tts).link(tts, AUDIO_OUT)
-    graph.add(face).link(tts, face).link(face, VIDEO_OUT)
-    async with Runtime(s) as rt:
-        session = await rt.open_session(graph, session_id="main", look=PortraitLook(portrait))
-        server = WebRtcServer(s.webrtc, {"main": session}, default_session="main")
-        await server.start()
-        try:
-            yield Edge(server, session, server.url)
-        finally:
-            await server.close()
+    async with served_anchor(SIZE, **getattr(request, "param", {})) as served:
+        yield served
 
 
 @dataclass
