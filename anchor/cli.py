@@ -302,6 +302,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from anchor.live import run_forever
 
     settings = _settings(args)
+    if args.mqtt is not None:
+        try:
+            mqtt = type(settings.mqtt).model_validate({**settings.mqtt.model_dump(), "url": args.mqtt})
+        except ValueError as exc:
+            raise ConfigError(f"invalid --mqtt: {exc}") from None
+        settings = settings.model_copy(update={"mqtt": mqtt})
     if args.port is not None or args.host is not None:
         update = {k: v for k, v in (("port", args.port), ("host", args.host)) if v is not None}
         try:
@@ -405,6 +411,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="the live anchor: a viewer page with voice and face over WebRTC")
     p.add_argument("--host", default=None, help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (default 8080; 0 picks a free one)")
+    p.add_argument(
+        "--mqtt", default=None, help="broker URL for newsroom control, e.g. mqtt://user:pass@host:1883"
+    )
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("lipsync", help="a WAV file onto an avatar: a talking-head MP4 (H.264 + AAC)")

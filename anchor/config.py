@@ -19,7 +19,7 @@ from pydantic_settings import (
 )
 
 from engines.settings import EngineSettings
-from streams.settings import WebRtcSettings
+from streams.settings import MqttSettings, WebRtcSettings
 
 
 class ConfigError(ValueError):
@@ -113,6 +113,7 @@ class AnchorSettings(BaseSettings):
     metrics: MetricsSettings = MetricsSettings()
     engines: EngineSettings = EngineSettings()
     webrtc: WebRtcSettings = WebRtcSettings()
+    mqtt: MqttSettings = MqttSettings()
 
     @classmethod
     def settings_customise_sources(

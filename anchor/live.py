@@ -5,6 +5,7 @@ default voice and the default face, paced at the edge (idle life included),
 and out over WebRTC to every viewer of the page. On a loopback-only dev
 server without a configured secret, a secret is made for this run and a
 ready-to-use viewer URL with a token (watch, talk, control) is printed.
+With ``mqtt.url`` set (``--mqtt``), the newsroom controls it over MQTT too.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pydantic import SecretStr
 
 from anchor.config import AnchorSettings
+from anchor.control import SessionControl
 from anchor.face.animator import MouthRenderer
 from anchor.face.look import PortraitLook
 from anchor.face.portrait import Portrait, default_image, fit, make_portrait
@@ -29,6 +31,7 @@ from anchor.responders import SayResponder
 from anchor.runtime import Runtime
 from anchor.speech.tts import PiperTTS
 from streams.auth import TokenAuthority
+from streams.mqtt import MqttControl
 from streams.server import WebRtcServer
 from streams.settings import is_loopback
 
@@ -80,6 +83,9 @@ async def serve(settings: AnchorSettings, ready: Callable[[LiveAnchor], Awaitabl
         )
         server = WebRtcServer(settings.webrtc, {SESSION: session}, default_session=SESSION)
         await server.start()
+        control = MqttControl(settings.mqtt, SessionControl(session)) if settings.mqtt.url else None
+        if control is not None:
+            control.start()
         try:
             secret = settings.webrtc.jwt_secret
             token = None
@@ -89,6 +95,8 @@ async def serve(settings: AnchorSettings, ready: Callable[[LiveAnchor], Awaitabl
             await ready(LiveAnchor(runtime, server, token))
             await asyncio.Event().wait()
         finally:
+            if control is not None:
+                await control.stop()
             await server.close()
 
 

@@ -219,6 +219,9 @@ class OutputPacer:
         self._v_index = 0
         self._v_last_pts = -1
         self.stalls = 0
+        #: Program audio leaves silent while set (the timeline and the face go on).
+        self.muted = False
+        self._gain = 1.0
 
     # -- consumers -----------------------------------------------------------------
     def subscribe(self, *, audio_ms: float = 500.0, video_frames: int = 8) -> Subscription:
@@ -385,6 +388,10 @@ class OutputPacer:
                 self._chunk = None
         if filled < n and self._speaking:
             self._listener.underrun(self._speaking, (n - filled) / self.sample_rate)
+        target = 0.0 if self.muted else 1.0
+        if self._gain != target or target == 0.0:  # ramp across one frame: no click
+            pcm *= np.linspace(self._gain, target, n, dtype=np.float32)
+            self._gain = target
         out = AudioChunk(pcm=pcm, sample_rate=self.sample_rate, pts=self.head, utterance_id=uid)
         self.head += n
         for sub in self._subs:

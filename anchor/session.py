@@ -226,6 +226,15 @@ class Session:
         self._require_running()
         return self.pacer.subscribe(audio_ms=audio_ms, video_frames=video_frames)
 
+    def mute(self, muted: bool) -> None:
+        """Silence (or restore) the program audio at the edge; speech and video go on."""
+        self._require_running()
+        self.pacer.muted = muted
+
+    @property
+    def muted(self) -> bool:
+        return self.pacer.muted
+
     def unsubscribe(self, sub: Subscription) -> None:
         """Stop delivering to ``sub`` (a viewer that left); its waiters get ``None``."""
         self.pacer.unsubscribe(sub)

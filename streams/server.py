@@ -295,13 +295,6 @@ class WebRtcServer:
     def _admit(
         self, request: web.Request, session: str, need: Grant = "watch"
     ) -> tuple[ProgramSource[Any], Claims]:
-        if self.draining:
-            raise RequestError(503, "the server is shutting down")
-        client = request.remote or "?"
-        if not self.limiter.allow(client):
-            raise RequestError(
-                429, f"too many offers from {client}; limit {self.settings.offers_per_minute}/min"
-            )
         source = self.sessions.get(session)
         if source is None:
             raise RequestError(404, f"no session {session!r}; live: {sorted(self.sessions)}")

@@ -1,8 +1,9 @@
-"""Settings of the network edge: the WebRTC server, its ICE servers and its access rules."""
+"""Settings of the network edges: the WebRTC server (ICE servers, access rules) and MQTT control."""
 
 from __future__ import annotations
 
 import ipaddress
+from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
@@ -79,3 +80,42 @@ class WebRtcSettings(BaseModel):
     def open_access(self) -> bool:
         """Offers without a token are accepted: loopback only, and only when asked for."""
         return self.dev_open and is_loopback(self.host)
+
+
+class MqttSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str | None = Field(None, description="mqtt://[user:pass@]host[:port] or mqtts://…; None: MQTT off")
+    username: str | None = None
+    password: SecretStr | None = None
+    ca_file: str | None = Field(None, description="CA bundle for mqtts (default: the system's)")
+    anchor_id: str = Field("main", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    client_id: str | None = None
+    max_payload_bytes: int = Field(16 * 1024, ge=256, le=1024 * 1024)
+    keepalive_s: int = Field(30, ge=5, le=600)
+    reconnect_min_s: float = Field(0.5, gt=0)
+    reconnect_max_s: float = Field(30.0, gt=0)
+    status_every_s: float = Field(10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _url(self) -> MqttSettings:
+        if self.url is not None:
+            parts = urlsplit(self.url)
+            if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+                raise ValueError(
+                    f"MQTT url must be mqtt://host[:port] or mqtts://host[:port], got {self.url!r}"
+                )
+        return self
+
+    def endpoint(self) -> tuple[str, int, bool, str | None, str | None]:
+        """``(host, port, tls, username, password)``; credentials in the URL win."""
+        assert self.url is not None
+        parts = urlsplit(self.url)
+        tls = parts.scheme == "mqtts"
+        user = unquote(parts.username) if parts.username else self.username
+        password = (
+            unquote(parts.password)
+            if parts.password
+            else (self.password.get_secret_value() if self.password else None)
+        )
+        return str(parts.hostname), parts.port or (8883 if tls else 1883), tls, user, password

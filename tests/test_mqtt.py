@@ -1,0 +1,246 @@
+"""MQTT control against a real Mosquitto: auth, ACL, schemas, TTL, duplicates, oversize, broker restart."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import getpass
+import json
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import pytest
+
+from anchor import AUDIO_OUT, AnchorSettings, Graph, Runtime
+from anchor.control import SessionControl
+from anchor.fakes import FakeTTS
+from anchor.responders import SayResponder
+from anchor.session import Session
+from streams.mqtt import MqttControl, parse_command
+from streams.settings import MqttSettings
+
+MOSQUITTO = shutil.which("mosquitto") or (
+    "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+)
+pytestmark = pytest.mark.skipif(MOSQUITTO is None, reason="needs Debian's mosquitto (CI installs it)")
+
+USERS = {"anchor": "anchor-pass", "newsroom": "newsroom-pass", "intruder": "intruder-pass"}
+ACL = """user anchor
+topic readwrite anchor/main/#
+
+user newsroom
+topic write anchor/main/cmd/#
+topic read anchor/main/status
+topic read anchor/main/events
+
+user intruder
+topic read anchor/other/#
+topic write anchor/other/#
+"""
+
+
+@dataclass
+class Broker:
+    port: int
+    directory: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [str(MOSQUITTO), "-c", str(self.directory / "mosquitto.conf")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2),
+            ):
+                return
+            time.sleep(0.05)
+        raise RuntimeError("mosquitto did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    passwd = tmp_path / "passwd"
+    passwd.touch()
+    for user, password in USERS.items():
+        subprocess.run(
+            ["mosquitto_passwd", "-b", str(passwd), user, password], check=True, capture_output=True
+        )
+    passwd.chmod(0o600)
+    (tmp_path / "acl").write_text(ACL)
+    (tmp_path / "acl").chmod(0o600)
+    port = free_port()
+    (tmp_path / "mosquitto.conf").write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {passwd}\n"
+        f"acl_file {tmp_path / 'acl'}\npersistence false\n"
+        f"user {getpass.getuser()}\n"  # run as root (CI), it would switch to 'mosquitto' and lose the files
+    )
+    b = Broker(port, tmp_path)
+    b.start()
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+@contextlib.asynccontextmanager
+async def controlled_session(broker: Broker) -> AsyncIterator[tuple[Session, MqttControl]]:
+    tts = FakeTTS("tts", ms_per_word=40)
+    graph = Graph().chain(SayResponder(), tts).link(tts, AUDIO_OUT)
+    settings = MqttSettings(
+        url=f"mqtt://127.0.0.1:{broker.port}", username="anchor", password="anchor-pass",  # type: ignore[arg-type]
+        reconnect_min_s=0.1, reconnect_max_s=0.5,
+    )  # fmt: skip
+    async with Runtime(AnchorSettings(media={"width": 32, "height": 32})) as rt:  # type: ignore[arg-type]
+        session = await rt.open_session(graph, session_id="main")
+        control = MqttControl(settings, SessionControl(session))
+        control.start()
+        try:
+            async with asyncio.timeout(10):
+                await control.connected.wait()
+            yield session, control
+        finally:
+            await control.stop()
+
+
+def client(broker: Broker, user: str | None, password: str | None = None) -> aiomqtt.Client:
+    return aiomqtt.Client(
+        "127.0.0.1", broker.port, username=user, password=password or USERS.get(user or "", "")
+    )
+
+
+def command(**fields: Any) -> bytes:
+    return json.dumps(
+        {"id": f"c{time.monotonic_ns()}", "sent_at": time.time(), "ttl_s": 30, **fields}
+    ).encode()
+
+
+async def next_json(
+    messages: AsyncIterator[aiomqtt.Message], topic: str, kind: str | None = None
+) -> dict[str, Any]:
+    async with asyncio.timeout(10):
+        async for message in messages:
+            data = json.loads(bytes(message.payload))  # type: ignore[arg-type]
+            if str(message.topic) == topic and (kind is None or data.get("kind") == kind):
+                return data  # type: ignore[no-any-return]
+    raise AssertionError("no message")
+
+
+async def test_anonymous_and_wrong_passwords_are_refused(broker: Broker) -> None:
+    with pytest.raises(aiomqtt.MqttCodeError):
+        async with client(broker, None):
+            pass
+    with pytest.raises(aiomqtt.MqttCodeError):
+        async with client(broker, "newsroom", "wrong"):
+            pass
+
+
+async def test_say_runs_and_status_and_events_flow(broker: Broker) -> None:
+    async with controlled_session(broker) as (session, _), client(broker, "newsroom") as newsroom:
+        await newsroom.subscribe([("anchor/main/status", 1), ("anchor/main/events", 1)])
+        status = await next_json(newsroom.messages, "anchor/main/status")
+        assert status["state"] == "online" and status["sessions"] == 1
+        say = command(text="markets rose today")
+        await newsroom.publish("anchor/main/cmd/say", say, qos=1)
+        accepted = await next_json(newsroom.messages, "anchor/main/events", "accepted")
+        assert accepted["command"] == json.loads(say)["id"] and accepted["result"].startswith("main/")
+        started = await next_json(newsroom.messages, "anchor/main/events", "utterance_started")
+        assert started["detail"] == "markets rose today"
+        await next_json(newsroom.messages, "anchor/main/events", "utterance_finished")
+        await newsroom.publish("anchor/main/cmd/mute", command(muted=True), qos=1)
+        await next_json(newsroom.messages, "anchor/main/events", "accepted")
+        assert session.muted
+
+
+async def test_bad_commands_get_error_events_and_change_nothing(broker: Broker) -> None:
+    async with controlled_session(broker) as (session, control), client(broker, "newsroom") as newsroom:
+        await newsroom.subscribe("anchor/main/events", qos=1)
+        cases = [
+            ("say", b"{nope", "payload is not JSON"),
+            ("say", command(text="hi", volume=3), "volume: Extra inputs are not permitted"),
+            ("say", command(text=""), "text: String should have at least 1 character"),
+            (
+                "say",
+                json.dumps({"id": "old", "sent_at": time.time() - 100, "ttl_s": 10, "text": "x"}).encode(),
+                "expired",
+            ),
+            ("dance", command(), "unknown command 'dance'"),
+            ("news/skip", command(), "NewsSkip is not available"),
+            ("say", command(text="x" * 1000, pad="y" * 20_000), "exceeds 16384"),
+        ]
+        for name, payload, message in cases:
+            await newsroom.publish(f"anchor/main/cmd/{name}", payload, qos=1)
+            error = await next_json(newsroom.messages, "anchor/main/events", "error")
+            assert message in error["error"], (name, error)
+        assert not session.utterances.live() and not session.muted
+        assert control.connects == 1, "an oversized or bad command does not drop the connection"
+        again = command(text="still here")
+        for _ in range(2):  # QoS 1 may deliver twice: the second is not carried out
+            await newsroom.publish("anchor/main/cmd/say", again, qos=1)
+        accepted = await next_json(newsroom.messages, "anchor/main/events", "accepted")
+        assert accepted["command"] == json.loads(again)["id"]
+        await next_json(newsroom.messages, "anchor/main/events", "utterance_finished")
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(1.0):
+                await next_json(newsroom.messages, "anchor/main/events", "accepted")
+
+
+async def test_acl_keeps_other_users_out(broker: Broker) -> None:
+    async with controlled_session(broker) as (session, _), client(broker, "intruder") as intruder:
+        await intruder.subscribe("anchor/main/#", qos=1)
+        await intruder.publish("anchor/main/cmd/say", command(text="hijack"), qos=1)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(anext(aiter(intruder.messages)), 1.5)
+        assert not session.utterances.live()
+
+
+async def test_control_survives_a_broker_restart(broker: Broker) -> None:
+    async with controlled_session(broker) as (_, control):
+        broker.stop()
+        async with asyncio.timeout(10):
+            while control.connected.is_set():  # noqa: ASYNC110 - the client notices the loss on its own
+                await asyncio.sleep(0.05)
+        broker.start()
+        async with asyncio.timeout(20):
+            await control.connected.wait()
+        assert control.connects == 2
+        async with client(broker, "newsroom") as newsroom:
+            await newsroom.subscribe("anchor/main/events", qos=1)
+            await newsroom.publish("anchor/main/cmd/say", command(text="back on air"), qos=1)
+            accepted = await next_json(newsroom.messages, "anchor/main/events", "accepted")
+            assert accepted["result"].startswith("main/")
+
+
+def test_parse_command_is_precise_without_a_broker() -> None:
+    now = time.time()
+    ok = parse_command("interrupt", command(reason="breaking news"), 1024, now)
+    assert ok.id.startswith("c")
+    with pytest.raises(ValueError, match=r"id: String should match pattern"):
+        parse_command(
+            "interrupt", json.dumps({"id": "bad id!", "sent_at": now, "ttl_s": 5}).encode(), 1024, now
+        )
+    with pytest.raises(ValueError, match=r"ttl_s: Input should be less than or equal to 3600"):
+        parse_command("interrupt", json.dumps({"id": "a", "sent_at": now, "ttl_s": 7200}).encode(), 1024, now)
