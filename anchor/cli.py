@@ -315,7 +315,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise ConfigError(f"invalid --host/--port: {exc}") from None
         settings = settings.model_copy(update={"webrtc": webrtc})
-    return run_forever(settings)
+    outputs: list[Path | str] = [*args.record, *args.rtmp]
+    bad = [u for u in args.rtmp if not u.startswith(("rtmp://", "rtmps://"))]
+    if bad:
+        raise ConfigError(f"--rtmp takes rtmp:// or rtmps:// URLs, got {bad}")
+    return run_forever(settings, outputs)
 
 
 def _cmd_lipsync(args: argparse.Namespace) -> int:
@@ -414,6 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--mqtt", default=None, help="broker URL for newsroom control, e.g. mqtt://user:pass@host:1883"
     )
+    p.add_argument("--record", type=Path, action="append", default=[], help="also record the program to MP4")
+    p.add_argument("--rtmp", action="append", default=[], help="also push the program to an RTMP URL")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("lipsync", help="a WAV file onto an avatar: a talking-head MP4 (H.264 + AAC)")

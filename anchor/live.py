@@ -5,7 +5,9 @@ default voice and the default face, paced at the edge (idle life included),
 and out over WebRTC to every viewer of the page. On a loopback-only dev
 server without a configured secret, a secret is made for this run and a
 ready-to-use viewer URL with a token (watch, talk, control) is printed.
-With ``mqtt.url`` set (``--mqtt``), the newsroom controls it over MQTT too.
+With ``mqtt.url`` set (``--mqtt``), the newsroom controls it over MQTT too;
+``--record FILE.mp4`` and ``--rtmp URL`` send the same program to an archive
+and a broadcast ingest.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ import asyncio
 import logging
 import secrets
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
+from pathlib import Path
 
 from pydantic import SecretStr
 
@@ -32,6 +35,7 @@ from anchor.runtime import Runtime
 from anchor.speech.tts import PiperTTS
 from streams.auth import TokenAuthority
 from streams.mqtt import MqttControl
+from streams.recorder import ProgramRecorder
 from streams.server import WebRtcServer
 from streams.settings import is_loopback
 
@@ -73,8 +77,16 @@ def with_run_secret(settings: AnchorSettings) -> AnchorSettings:
     return settings.model_copy(update={"webrtc": webrtc.model_copy(update={"jwt_secret": secret})})
 
 
-async def serve(settings: AnchorSettings, ready: Callable[[LiveAnchor], Awaitable[None]]) -> None:
-    """Run the anchor until cancelled; ``ready`` is awaited once viewers can connect."""
+async def serve(
+    settings: AnchorSettings,
+    ready: Callable[[LiveAnchor], Awaitable[None]],
+    *,
+    outputs: Sequence[Path | str] = (),
+) -> None:
+    """Run the anchor until cancelled; ``ready`` is awaited once viewers can connect.
+
+    ``outputs``: MP4 files and ``rtmp://`` URLs that get the program too.
+    """
     settings = with_run_secret(settings)
     portrait = await asyncio.to_thread(default_portrait, settings)
     async with Runtime(settings) as runtime:
@@ -86,7 +98,21 @@ async def serve(settings: AnchorSettings, ready: Callable[[LiveAnchor], Awaitabl
         control = MqttControl(settings.mqtt, SessionControl(session)) if settings.mqtt.url else None
         if control is not None:
             control.start()
+        media = settings.media
+        recorders = [
+            ProgramRecorder(
+                session.subscribe(audio_ms=2000, video_frames=2 * media.fps),
+                target,
+                width=media.width,
+                height=media.height,
+                fps=media.fps,
+                sample_rate=media.sample_rate,
+            )
+            for target in outputs
+        ]
         try:
+            for recorder in recorders:
+                await recorder.start()
             secret = settings.webrtc.jwt_secret
             token = None
             if secret is not None:
@@ -95,12 +121,14 @@ async def serve(settings: AnchorSettings, ready: Callable[[LiveAnchor], Awaitabl
             await ready(LiveAnchor(runtime, server, token))
             await asyncio.Event().wait()
         finally:
+            for recorder in recorders:
+                await recorder.stop()
             if control is not None:
                 await control.stop()
             await server.close()
 
 
-def run_forever(settings: AnchorSettings) -> int:
+def run_forever(settings: AnchorSettings, outputs: Sequence[Path | str] = ()) -> int:
     """``anchor run``: serve until Ctrl-C or SIGTERM, then shut down cleanly."""
 
     async def main() -> None:
@@ -115,7 +143,7 @@ def run_forever(settings: AnchorSettings) -> int:
             if live.token:
                 print("the token in that URL is valid for 10 minutes (watch, talk, control)", flush=True)
 
-        await serve(settings, announce)
+        await serve(settings, announce, outputs=outputs)
 
     with suppress(asyncio.CancelledError, KeyboardInterrupt):
         asyncio.run(main())

@@ -56,21 +56,34 @@ class MediaWriter:
         self._pending = np.zeros(0, dtype=np.float32)
         self._closed = False
 
-    def add_video(self, image: npt.NDArray[np.uint8]) -> None:
-        """The next video frame (RGB, the writer's size)."""
+    def add_video(self, image: npt.NDArray[np.uint8], index: int | None = None) -> None:
+        """A video frame (RGB, the writer's size): the next, or frame ``index`` (gaps allowed, never back)."""
         if image.shape != (self.video.height, self.video.width, 3):
             raise ValueError(
                 f"frame is {image.shape}, the stream is {self.video.height}x{self.video.width}x3"
             )
+        if index is not None and index < self._frames:
+            raise ValueError(f"video frame {index} comes after frame {self._frames - 1}")
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
-        frame.pts = self._frames
+        frame.pts = self._frames if index is None else index
         frame.time_base = Fraction(1, self.fps)
-        self._frames += 1
+        self._frames = frame.pts + 1
         self.container.mux(self.video.encode(frame))
 
-    def add_audio(self, pcm: npt.NDArray[np.float32]) -> None:
-        """The next mono samples in [-1, 1] at the writer's rate."""
-        self._pending = np.concatenate([self._pending, np.asarray(pcm, dtype=np.float32).reshape(-1)])
+    def add_audio(self, pcm: npt.NDArray[np.float32], at: int | None = None) -> None:
+        """Mono samples in [-1, 1] at the writer's rate: the next, or starting at sample ``at``.
+
+        A gap before ``at`` is filled with silence; samples before what was
+        already written are dropped, so the audio track stays continuous.
+        """
+        pcm = np.asarray(pcm, dtype=np.float32).reshape(-1)
+        if at is not None:
+            written = self._samples + len(self._pending)
+            if at > written:
+                pcm = np.concatenate([np.zeros(at - written, dtype=np.float32), pcm])
+            elif at < written:
+                pcm = pcm[written - at :]
+        self._pending = np.concatenate([self._pending, pcm])
         while len(self._pending) >= _AAC_FRAME:
             self._encode_audio(self._pending[:_AAC_FRAME])
             self._pending = self._pending[_AAC_FRAME:]

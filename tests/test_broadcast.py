@@ -1,0 +1,181 @@
+"""Broadcast outputs: RTMP into a real nginx-rtmp (checked with ffprobe), MP4 beside live WebRTC viewers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from anchor.frames import AudioChunk, VideoFrame
+from streams.recorder import ProgramRecorder
+from tests.edge import served_anchor
+from tests.test_webrtc import connect, until
+
+NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+RTMP_MODULE = Path("/usr/lib/nginx/modules/ngx_rtmp_module.so")
+FFPROBE = shutil.which("ffprobe")
+RATE, FPS, SIZE = 48000, 25, 128
+SYNC_AT_S = (1.0, 2.2)  # a white flash and a beep, at the same program time
+
+
+class SyncFeed:
+    """A program of ``seconds``: dark frames and silence, with flash + beep marks at ``SYNC_AT_S``."""
+
+    def __init__(self, seconds: float, start_pts: int = 96_000) -> None:
+        self.start = start_pts  # the program clock need not start at zero
+        self.audio_left = int(seconds * 50)
+        self.video_left = int(seconds * FPS)
+        self._a = self._v = 0
+
+    async def next_audio(self) -> AudioChunk | None:
+        if self._a >= self.audio_left:
+            return None
+        t = np.arange(960) / RATE + self._a * 0.02
+        beep = np.zeros(960, dtype=np.float32)
+        for mark in SYNC_AT_S:
+            on = (t >= mark) & (t < mark + 0.1)
+            beep[on] = 0.5 * np.sin(2 * np.pi * 1000 * t[on])
+        self._a += 1
+        await asyncio.sleep(0)
+        return AudioChunk(pcm=beep, sample_rate=RATE, pts=self.start + (self._a - 1) * 960)
+
+    async def next_video(self) -> VideoFrame | None:
+        if self._v >= self.video_left:
+            return None
+        t = self._v / FPS
+        lit = any(mark <= t < mark + 0.1 for mark in SYNC_AT_S)
+        image = np.full((SIZE, SIZE, 3), 235 if lit else 20, dtype=np.uint8)
+        self._v += 1
+        await asyncio.sleep(0)
+        return VideoFrame(
+            image=image, index=self._v - 1, fps=Fraction(FPS), sample_rate=RATE, offset=self.start
+        )
+
+
+def sync_offsets_ms(path: Path) -> list[float]:
+    """Per mark: (flash time - beep time) in ms, read back from the file's own timestamps."""
+    flashes, beeps = [], []
+    with av.open(str(path)) as container:
+        lit = False
+        for frame in container.decode(video=0):
+            bright = float(frame.to_ndarray(format="gray").mean()) > 128
+            if bright and not lit:
+                flashes.append(float(frame.pts * frame.time_base))
+            lit = bright
+        container.seek(0)
+        parts, start = [], None
+        for frame in container.decode(audio=0):
+            start = float(frame.pts * frame.time_base) if start is None else start
+            parts.append(
+                frame.to_ndarray().reshape(len(frame.layout.channels), -1)[0]
+                if frame.format.is_planar
+                else frame.to_ndarray().reshape(-1, len(frame.layout.channels))[:, 0]
+            )
+        pcm = np.abs(np.concatenate(parts).astype(np.float64))
+        rate = container.streams.audio[0].sample_rate
+    loud = pcm > 0.1 * pcm.max()
+    onsets = np.flatnonzero(loud[1:] & ~loud[:-1]) + 1
+    for k in onsets:
+        if not beeps or k / rate + (start or 0.0) - beeps[-1] > 0.3:  # one onset per beep
+            beeps.append((start or 0.0) + k / rate)
+    assert len(flashes) == len(beeps) == len(SYNC_AT_S), (flashes, beeps)
+    return [1000 * (f - b) for f, b in zip(flashes, beeps, strict=True)]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def nginx_rtmp(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    if NGINX is None or not RTMP_MODULE.exists() or FFPROBE is None:
+        pytest.skip("needs nginx with libnginx-mod-rtmp and ffmpeg (CI installs them)")
+    port = free_port()
+    record = tmp_path / "record"
+    record.mkdir()
+    as_root = "user root;\n" if os.geteuid() == 0 else ""
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(
+        f"load_module {RTMP_MODULE};\n{as_root}daemon off;\nworker_processes 1;\n"
+        f"error_log {tmp_path / 'error.log'};\npid {tmp_path / 'nginx.pid'};\n"
+        "events { worker_connections 64; }\n"
+        f"rtmp {{ server {{ listen 127.0.0.1:{port}; application live {{ live on; "
+        f"record all; record_path {record}; record_unique off; }} }} }}\n"
+    )
+    process = subprocess.Popen([str(NGINX), "-c", str(conf), "-p", str(tmp_path)], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            break
+        time.sleep(0.05)
+    else:
+        process.kill()
+        raise RuntimeError(f"nginx did not start: {process.stderr.read() if process.stderr else ''!r}")
+    try:
+        yield f"rtmp://127.0.0.1:{port}/live/anchor", record / "anchor.flv"
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+async def test_rtmp_reaches_nginx_with_both_tracks_at_25_fps_in_sync(nginx_rtmp: tuple[str, Path]) -> None:
+    url, recorded = nginx_rtmp
+    recorder = ProgramRecorder(SyncFeed(3.2), url, width=SIZE, height=SIZE, fps=FPS, sample_rate=RATE)
+    await recorder.start()
+    async with asyncio.timeout(30):
+        await asyncio.gather(*recorder._tasks)
+    await recorder.stop()
+    async with asyncio.timeout(10):
+        while not recorded.exists() or recorded.stat().st_size == 0:  # noqa: ASYNC110 - nginx writes on disconnect
+            await asyncio.sleep(0.1)
+    await asyncio.sleep(0.5)
+    ran = await asyncio.to_thread(
+        subprocess.run,
+        [str(FFPROBE), "-v", "error", "-show_streams", "-of", "json", str(recorded)],
+        check=True,
+        capture_output=True,
+    )
+    probe = json.loads(ran.stdout)
+    streams = {s["codec_type"]: s for s in probe["streams"]}
+    assert streams["video"]["codec_name"] == "h264" and streams["audio"]["codec_name"] == "aac"
+    assert streams["video"]["r_frame_rate"] == "25/1"
+    assert (streams["video"]["width"], streams["video"]["height"]) == (SIZE, SIZE)
+    offsets = sync_offsets_ms(recorded)
+    assert all(abs(o) < 40 for o in offsets), offsets
+
+
+async def test_mp4_records_the_session_while_webrtc_viewers_watch(tmp_path: Path) -> None:
+    async with served_anchor(256) as edge:
+        feed = edge.session.subscribe(audio_ms=2000, video_frames=50)
+        recorder = ProgramRecorder(
+            feed, tmp_path / "program.mp4", width=256, height=256, fps=25, sample_rate=48000
+        )
+        await recorder.start()
+        viewer = await connect(edge.url)
+        try:
+            await edge.session.say("one two three four five")
+            await until(lambda: len(viewer.video) >= 60)
+        finally:
+            await viewer.close()
+            await recorder.stop()
+            edge.session.unsubscribe(feed)
+    with av.open(str(tmp_path / "program.mp4")) as container:
+        video, audio = container.streams.video[0], container.streams.audio[0]
+        assert (video.codec_context.name, audio.codec_context.name) == ("h264", "aac")
+        frames = sum(1 for _ in container.decode(video=0))
+    assert frames >= 50 and recorder.video_frames == frames
+    assert abs(recorder.audio_samples / 48000 - recorder.video_frames / 25) < 0.1
