@@ -340,6 +340,21 @@ def _cmd_lipsync(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_streams(args: argparse.Namespace) -> int:
+    from anchor.bench.streams import bench_streams
+
+    result = asyncio.run(
+        bench_streams(
+            duration_s=args.duration,
+            max_viewers=args.max_viewers,
+            latency_s=args.latency_seconds,
+            mqtt_rounds=args.mqtt_rounds,
+        )
+    )
+    _print(result, args.json)
+    return 0
+
+
 def _cmd_bench_face(args: argparse.Namespace) -> int:
     from anchor.bench.face import bench_face
 
@@ -474,6 +489,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_bench_face)
+    p = bench_sub.add_parser("streams", help="viewers per session at 25 fps, WebRTC latency, MQTT round trip")
+    p.add_argument("--duration", type=float, default=120.0, help="seconds per viewer-count step")
+    p.add_argument("--max-viewers", type=int, default=16)
+    p.add_argument("--latency-seconds", type=float, default=20.0)
+    p.add_argument("--mqtt-rounds", type=int, default=200)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_bench_streams)
     p = bench_sub.add_parser("asr", help="WER per voice/noise condition, RTF per backend, streaming latency")
     p.add_argument("--no-streaming", action="store_true", help="skip the real-time streaming latency part")
     p.add_argument("--json", action="store_true")

@@ -25,6 +25,7 @@ import asyncio
 import json
 import logging
 import random
+import socket
 import ssl
 import time
 from collections import OrderedDict
@@ -98,6 +99,10 @@ COMMANDS: dict[str, type[Command]] = {
     "avatar": AvatarSwitch,
     "voice": VoiceSwitch,
 }
+
+
+# Small command and event packets must not wait for Nagle's algorithm (40 ms and more per hop).
+NO_DELAY = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
 
 
 class CommandError(ValueError):
@@ -206,6 +211,7 @@ class MqttControl:
             keepalive=self.settings.keepalive_s,
             tls_context=tls_context,
             will=aiomqtt.Will(f"{self.prefix}/status", offline, qos=1, retain=True),
+            socket_options=NO_DELAY,
         )
 
     async def _run(self) -> None:

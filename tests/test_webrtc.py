@@ -254,3 +254,15 @@ def test_settings_refuse_open_or_weak_secrets_off_loopback() -> None:
     assert not WebRtcSettings(host="0.0.0.0", jwt_secret=SECRET).open_access  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="needs a username and a credential"):
         WebRtcSettings(ice_servers=[{"urls": ["turn:turn.example:3478"]}])  # type: ignore[list-item]
+
+
+def test_bench_streams_reports_viewers_latency_and_mqtt(capsys: pytest.CaptureFixture[str]) -> None:
+    from anchor.cli import main
+
+    args = ["bench", "streams", "--json", "--duration", "2", "--max-viewers", "1", "--latency-seconds", "2"]
+    assert main([*args, "--mqtt-rounds", "12"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["webrtc_latency_ms"]["n"] > 0 and result["webrtc_latency_ms"]["p50"] > 0
+    assert result["viewer_steps"][0]["viewers"] == 1 and result["viewer_steps"][0]["min_fps"] > 0
+    mqtt = result["mqtt_round_trip_ms"]
+    assert "skipped" in mqtt or mqtt["p50"] > 0
