@@ -15,6 +15,7 @@ from anchor.face.stage import AnimatorDriver, FaceStage
 from anchor.fakes import FakeTTS
 from anchor.responders import SayResponder
 from anchor.session import Session
+from anchor.stage import Stage
 from streams.server import WebRtcServer
 
 
@@ -26,7 +27,8 @@ class Edge:
 
 
 @contextlib.asynccontextmanager
-async def served_anchor(size: int = 256, **webrtc: Any) -> AsyncIterator[Edge]:
+async def served_anchor(size: int = 256, ears: Stage | None = None, **webrtc: Any) -> AsyncIterator[Edge]:
+    """``ears``: a root stage for viewer audio (the recognizer's place), when the test needs one."""
     settings = AnchorSettings(
         media={"width": size, "height": size},  # type: ignore[arg-type]
         webrtc={"port": 0, **webrtc},  # type: ignore[arg-type]
@@ -36,6 +38,8 @@ async def served_anchor(size: int = 256, **webrtc: Any) -> AsyncIterator[Edge]:
     face = FaceStage(AnimatorDriver(MouthRenderer(portrait)))
     graph = Graph().chain(SayResponder(), tts).link(tts, AUDIO_OUT)
     graph.add(face).link(tts, face).link(face, VIDEO_OUT)
+    if ears is not None:
+        graph.add(ears)
     async with Runtime(settings) as rt:
         session = await rt.open_session(graph, session_id="main", look=PortraitLook(portrait))
         server = WebRtcServer(settings.webrtc, {"main": session}, default_session="main")

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 import aiohttp
@@ -14,9 +15,12 @@ import av
 import jwt
 import numpy as np
 import pytest
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
 
+from anchor.cli import main
+from anchor.frames import AudioChunk, Frame
+from anchor.stage import Stage
 from streams.auth import TokenAuthority
 from streams.server import close_pc
 from streams.settings import WebRtcSettings
@@ -246,6 +250,79 @@ async def test_shutdown_refuses_new_offers_and_closes_peers(edge: Edge) -> None:
         await viewer.close()
 
 
+class Ears(Stage):
+    """Where a viewer's microphone arrives (the recognizer's place in a real anchor)."""
+
+    accepts = (AudioChunk,)
+
+    def __init__(self) -> None:
+        super().__init__("ears")
+        self.heard: list[AudioChunk] = []
+
+    async def process(self, frame: Frame) -> AsyncGenerator[Frame, None]:
+        if isinstance(frame, AudioChunk):
+            self.heard.append(frame)
+        return
+        yield frame
+
+
+class Tone(AudioStreamTrack):
+    """A 440 Hz microphone, 20 ms frames of 48 kHz s16 at real-time pace."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent = 0
+        self.started = 0.0
+
+    async def recv(self) -> av.AudioFrame:
+        if self.sent == 0:
+            self.started = time.monotonic()
+        await asyncio.sleep(max(0.0, self.started + self.sent / 48000 - time.monotonic()))
+        t = (np.arange(960) + self.sent) / 48000
+        frame = av.AudioFrame.from_ndarray(
+            (np.sin(2 * np.pi * 440 * t) * 12000).astype(np.int16).reshape(1, -1), format="s16", layout="mono"
+        )
+        frame.sample_rate, frame.pts, frame.time_base = 48000, self.sent, Fraction(1, 48000)
+        self.sent += 960
+        return frame
+
+
+async def test_the_viewer_microphone_reaches_the_session_and_h264_is_negotiated() -> None:
+    ears = Ears()
+    async with served_anchor(SIZE, ears=ears) as edge:
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        video = pc.addTransceiver("video", direction="recvonly")
+        video.setCodecPreferences(
+            [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType == "video/H264"]
+        )
+        pc.addTransceiver(Tone(), direction="sendrecv")
+        frames: list[av.VideoFrame] = []
+        tasks: list[asyncio.Task[None]] = []
+
+        @pc.on("track")
+        def _track(track: Any) -> None:
+            if track.kind == "video":
+                tasks.append(asyncio.get_running_loop().create_task(_collect(track, frames)))
+
+        await pc.setLocalDescription(await pc.createOffer())
+        assert pc.localDescription is not None
+        status, body = await post(edge.url, "/offer", json={"sdp": pc.localDescription.sdp, "type": "offer"})
+        assert status == 200, body
+        assert "H264/90000" in body["sdp"] and "VP8/90000" not in body["sdp"]
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=body["sdp"], type="answer"))
+        try:
+            await until(lambda: len(frames) >= 10 and len(ears.heard) >= 50)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await close_pc(pc)
+    heard = np.concatenate([c.pcm for c in ears.heard[-25:]])
+    assert ears.heard[0].sample_rate == 48000
+    spectrum = np.abs(np.fft.rfft(heard))
+    assert abs(np.argmax(spectrum) * 48000 / len(heard) - 440) < 5, "the viewer's tone arrives as sent"
+
+
 def test_settings_refuse_open_or_weak_secrets_off_loopback() -> None:
     with pytest.raises(ValueError, match="is not loopback: set jwt_secret"):
         WebRtcSettings(host="0.0.0.0")
@@ -257,8 +334,6 @@ def test_settings_refuse_open_or_weak_secrets_off_loopback() -> None:
 
 
 def test_bench_streams_reports_viewers_latency_and_mqtt(capsys: pytest.CaptureFixture[str]) -> None:
-    from anchor.cli import main
-
     args = ["bench", "streams", "--json", "--duration", "2", "--max-viewers", "1", "--latency-seconds", "2"]
     assert main([*args, "--mqtt-rounds", "12"]) == 0
     result = json.loads(capsys.readouterr().out)

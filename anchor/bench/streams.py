@@ -41,9 +41,8 @@ from anchor.face.animator import MouthRenderer
 from anchor.face.look import PortraitLook
 from anchor.face.portrait import default_image, fit, make_portrait
 from anchor.face.stage import AnimatorDriver, FaceStage
-from anchor.fakes import FakeTTS
+from anchor.fakes import FakeResponder, FakeTTS
 from anchor.graph import AUDIO_OUT, VIDEO_OUT, Graph
-from anchor.responders import SayResponder
 from anchor.runtime import Runtime
 from anchor.session import Session
 from anchor.stats import summarize
@@ -118,7 +117,7 @@ async def _anchor(size: int) -> AsyncIterator[Session]:
     portrait = make_portrait(fit(default_image(), (size, size)))
     tts = FakeTTS("tts", ms_per_word=250)
     face = FaceStage(AnimatorDriver(MouthRenderer(portrait)))
-    graph = Graph().chain(SayResponder(), tts).link(tts, AUDIO_OUT)
+    graph = Graph().chain(FakeResponder("responder"), tts).link(tts, AUDIO_OUT)
     graph.add(face).link(tts, face).link(face, VIDEO_OUT)
     async with Runtime(settings) as rt:
         yield await rt.open_session(graph, session_id="bench", look=PortraitLook(portrait))
