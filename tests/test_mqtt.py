@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import getpass
+import ipaddress
 import json
 import shutil
 import socket
@@ -244,3 +246,73 @@ def test_parse_command_is_precise_without_a_broker() -> None:
         )
     with pytest.raises(ValueError, match=r"ttl_s: Input should be less than or equal to 3600"):
         parse_command("interrupt", json.dumps({"id": "a", "sent_at": now, "ttl_s": 7200}).encode(), 1024, now)
+
+
+def self_signed(directory: Path) -> tuple[Path, Path, Path]:
+    """A CA and a server certificate for 127.0.0.1 signed by it (PEM files)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder().subject_name(name("test ca")).issuer_name(name("test ca"))
+        .public_key(ca_key.public_key()).serial_number(1)
+        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    server = (
+        x509.CertificateBuilder().subject_name(name("127.0.0.1")).issuer_name(ca.subject)
+        .public_key(key.public_key()).serial_number(2)
+        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    paths = directory / "ca.pem", directory / "server.pem", directory / "server.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return paths
+
+
+async def test_tls_with_a_password_connects_and_a_wrong_ca_is_refused(broker: Broker) -> None:
+    ca, cert, key = self_signed(broker.directory)
+    tls_port = free_port()
+    conf = broker.directory / "mosquitto.conf"
+    conf.write_text(
+        conf.read_text() + f"listener {tls_port} 127.0.0.1\ncafile {ca}\ncertfile {cert}\nkeyfile {key}\n"
+    )
+    broker.stop()
+    broker.start()
+    tts = FakeTTS("tts", ms_per_word=40)
+    graph = Graph().chain(SayResponder(), tts).link(tts, AUDIO_OUT)
+    url = f"mqtts://anchor:anchor-pass@127.0.0.1:{tls_port}"
+    async with Runtime(AnchorSettings(media={"width": 32, "height": 32})) as rt:  # type: ignore[arg-type]
+        session = await rt.open_session(graph, session_id="main")
+        control = MqttControl(MqttSettings(url=url, ca_file=str(ca)), SessionControl(session))
+        control.start()
+        try:
+            async with asyncio.timeout(10):
+                await control.connected.wait()
+        finally:
+            await control.stop()
+        stranger = MqttControl(
+            MqttSettings(url=url, reconnect_min_s=0.1, reconnect_max_s=0.2), SessionControl(session)
+        )
+        stranger.start()
+        try:
+            await asyncio.sleep(1.0)
+            assert not stranger.connected.is_set(), "a server certificate from an unknown CA is refused"
+        finally:
+            await stranger.stop()

@@ -1,6 +1,7 @@
 """``anchor bench streams``: viewers per session, WebRTC added latency, MQTT command round trip.
 
-- ``viewers``: 1, 2, 4, ... aiortc receivers on one session (each with its
+- ``viewers``: 1, 2, 4, ... (then one by one past the last count that
+  held) aiortc receivers on one session (each with its
   own encoder, as real viewers have), for ``duration_s`` each while the
   anchor speaks without pause; a count holds when every viewer decodes
   >= 24 fps and sees fewer than one audio gap a minute (a gap: a jump of
@@ -273,13 +274,19 @@ async def bench_streams(
         try:
             result["webrtc_latency_ms"] = await _latency(session, latency_s)
             steps = []
-            count = 1
-            while count <= max_viewers:
+            count, held_at, failed_at = 1, 0, max_viewers + 1
+            while count <= max_viewers:  # double until a count fails...
+                step = await _viewers_step(session, count, duration_s)
+                steps.append(step)
+                if not step["held"]:
+                    failed_at = count
+                    break
+                held_at, count = count, count * 2
+            for count in range(held_at + 1, min(failed_at, max_viewers + 1)):  # ...then walk up to it
                 step = await _viewers_step(session, count, duration_s)
                 steps.append(step)
                 if not step["held"]:
                     break
-                count *= 2
             held = [s["viewers"] for s in steps if s["held"]]
             result["viewers_per_session"] = max(held) if held else 0
             result["viewer_steps"] = steps
