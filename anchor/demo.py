@@ -1,8 +1,8 @@
 """``anchor demo``: a real session speaking with the default voice, paced in real time.
 
 Say -> the Piper voice (through the engine hub) -> the paced edge, recorded
-to a WAV file, with each utterance's spans printed. There is no face and no
-WebRTC page yet: the video is the idle picture and nothing is served.
+to a WAV file, with each utterance's spans printed: an audio-only check of
+the runtime that needs no browser (``anchor run`` is the anchor to watch).
 """
 
 from __future__ import annotations

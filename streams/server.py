@@ -14,7 +14,6 @@ message that says what was wrong.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 import logging
@@ -462,8 +461,10 @@ class WebRtcServer:
             return
         for task in peer.tasks:
             task.cancel()
-        with contextlib.suppress(Exception):
-            await asyncio.gather(*peer.tasks, return_exceptions=True)
+        outcomes = await asyncio.gather(*peer.tasks, return_exceptions=True)
+        for task, outcome in zip(peer.tasks, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                log.warning("%s failed: %r", task.get_name(), outcome)
         source = self.sessions.get(peer.session)
         if source is not None:
             source.unsubscribe(peer.feed)
