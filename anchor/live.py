@@ -30,6 +30,7 @@ from anchor.face.look import PortraitLook
 from anchor.face.portrait import Portrait, default_image, fit, make_portrait
 from anchor.face.stage import AnimatorDriver, FaceStage
 from anchor.graph import AUDIO_OUT, VIDEO_OUT, Graph
+from anchor.listen.recognizer import SpeechRecognizer
 from anchor.responders import SayResponder
 from anchor.runtime import Runtime
 from anchor.speech.tts import PiperTTS
@@ -45,10 +46,16 @@ SESSION = "main"
 
 
 def anchor_graph(portrait: Portrait, fps: int) -> Graph:
-    """Say -> default voice -> program audio, and -> default face -> program video."""
+    """Say -> default voice -> program audio, and -> default face -> program video.
+
+    Viewer audio (the page's talk button) goes to the speech recognizer: the
+    viewer starting to speak interrupts the anchor (barge-in), and what was
+    said becomes a ``transcript`` event (shown on the page, sent over MQTT).
+    Answering it is the responders' work (not in this anchor yet).
+    """
     tts = PiperTTS()
     face = FaceStage(AnimatorDriver(MouthRenderer(portrait)), fps=fps)
-    graph = Graph().chain(SayResponder(), tts).link(tts, AUDIO_OUT)
+    graph = Graph().add(SpeechRecognizer()).chain(SayResponder(), tts).link(tts, AUDIO_OUT)
     return graph.add(face).link(tts, face).link(face, VIDEO_OUT)
 
 

@@ -26,6 +26,7 @@ from anchor.frames import (
     Say,
     SpeechStarted,
     TextDelta,
+    Transcript,
 )
 from anchor.graph import Graph, GraphRun, Hooks
 from anchor.mailbox import Mailbox
@@ -43,6 +44,7 @@ EventKind = Literal[
     "utterance_finished",
     "error",
     "silence",
+    "transcript",
 ]
 
 
@@ -255,6 +257,8 @@ class Session:
     def _on_emit(self, frame: Frame) -> None:
         if isinstance(frame, TextDelta):
             self.metrics.mark(frame.utterance_id, "first_text")
+        elif isinstance(frame, Transcript) and frame.final:
+            self._publish(SessionEvent("transcript", frame.utterance_id, frame.text[:2000]))
 
     def _on_control(self, frame: Frame) -> None:
         try:

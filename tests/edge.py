@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
+
+import av
+import numpy as np
+import numpy.typing as npt
+from aiortc.mediastreams import AudioStreamTrack
 
 from anchor import AUDIO_OUT, VIDEO_OUT, AnchorSettings, Graph, Runtime
 from anchor.face.animator import MouthRenderer
@@ -17,6 +25,28 @@ from anchor.responders import SayResponder
 from anchor.session import Session
 from anchor.stage import Stage
 from streams.server import WebRtcServer
+
+
+class Microphone(AudioStreamTrack):
+    """A viewer's microphone playing ``pcm`` (48 kHz mono floats), then silence, in real time."""
+
+    def __init__(self, pcm: npt.NDArray[np.floating]) -> None:
+        super().__init__()
+        self.pcm = (np.clip(pcm, -1, 1) * 32767).astype(np.int16)
+        self.sent = 0
+        self.started = 0.0
+
+    async def recv(self) -> av.AudioFrame:
+        if self.sent == 0:
+            self.started = time.monotonic()
+        await asyncio.sleep(max(0.0, self.started + self.sent / 48000 - time.monotonic()))
+        block = np.zeros(960, dtype=np.int16)
+        part = self.pcm[self.sent : self.sent + 960]
+        block[: len(part)] = part
+        frame = av.AudioFrame.from_ndarray(block.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate, frame.pts, frame.time_base = 48000, self.sent, Fraction(1, 48000)
+        self.sent += 960
+        return frame
 
 
 @dataclass

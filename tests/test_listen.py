@@ -157,11 +157,17 @@ async def test_viewer_speech_barges_in_on_the_anchor(tmp_path: Path, speech: dic
         events = session.events()
         anchor = await session.say(" ".join([FIRST] * 6))
         await next_event(events, "audio_started", anchor, guard_s=30)
-        for chunk in chunks(np.concatenate([speech[SECOND], silence(0.3)])):
+        for chunk in chunks(np.concatenate([speech[SECOND], silence(1.0)])):
             await session.push(chunk)
         finished = await next_event(events, "utterance_finished", anchor, guard_s=30)
         assert finished.detail == "interrupted"
-        await next_event(events, "silence", guard_s=10)
+        seen: dict[str, str] = {}
+        async with asyncio.timeout(30):
+            while not {"silence", "transcript"} <= set(seen):
+                event = await events.next()
+                assert event is not None
+                seen[event.kind] = event.detail
+        assert word_error_rate([SECOND], [seen["transcript"]]) <= 0.2, "what the viewer said is an event"
 
 
 async def test_ten_minutes_of_speech_and_silence_keep_memory_flat(

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from typing import Any
 
 import aiohttp
+import numpy as np
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from anchor import AnchorSettings
 from anchor.live import LiveAnchor, serve
+from anchor.offline import join_audio, render_text
+from anchor.quality import word_error_rate
 from streams.auth import TokenAuthority
+from streams.server import close_pc
+from tests.edge import Microphone
 
 
 async def test_the_live_anchor_serves_speaks_and_stops() -> None:
@@ -40,3 +48,46 @@ async def test_the_live_anchor_serves_speaks_and_stops() -> None:
     assert seen["health"] == {"peers": 0, "sessions": ["main"], "draining": False}
     assert seen["page"] == (200, True)
     assert seen["say"] == 202
+
+
+async def test_a_viewer_who_speaks_interrupts_and_is_transcribed() -> None:
+    settings = AnchorSettings(webrtc={"port": 0})  # type: ignore[arg-type]
+    question = "What is the weather tomorrow?"
+    finished = asyncio.Event()
+    seen: dict[str, Any] = {}
+
+    async def ready(live: LiveAnchor) -> None:
+        voice = join_audio(await render_text(live.runtime, question))
+        said = await live.runtime.sessions["main"].say("Good evening. " * 12)
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        pc.addTransceiver("video", direction="recvonly")
+        pc.addTransceiver(Microphone(np.concatenate([np.zeros(48000), voice])), direction="sendrecv")
+        channel = pc.createDataChannel("events")
+        messages: list[dict[str, Any]] = []
+        channel.on("message", lambda m: messages.append(json.loads(m)))
+        await pc.setLocalDescription(await pc.createOffer())
+        assert pc.localDescription is not None
+        async with aiohttp.ClientSession() as http:
+            body = {"sdp": pc.localDescription.sdp, "type": "offer"}
+            async with http.post(f"{live.server.url}/offer", json=body) as r:
+                answer = await r.json()
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+        try:
+            async with asyncio.timeout(60):
+                while not any(m["kind"] == "transcript" for m in messages):  # noqa: ASYNC110 - aiortc callbacks
+                    await asyncio.sleep(0.1)
+        finally:
+            await close_pc(pc)
+        seen["messages"], seen["said"] = messages, said
+        finished.set()
+
+    task = asyncio.get_running_loop().create_task(serve(settings, ready))
+    async with asyncio.timeout(90):
+        await finished.wait()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    messages = seen["messages"]
+    ended = [m for m in messages if m["kind"] == "utterance_finished" and m["utterance"] == seen["said"]]
+    assert ended and ended[0]["detail"] == "interrupted", "the anchor stops when the viewer speaks"
+    heard = next(m["detail"] for m in messages if m["kind"] == "transcript")
+    assert word_error_rate([question], [heard]) <= 0.2, heard

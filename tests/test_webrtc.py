@@ -7,7 +7,6 @@ import json
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
-from fractions import Fraction
 from typing import Any
 
 import aiohttp
@@ -16,7 +15,7 @@ import jwt
 import numpy as np
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
-from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
+from aiortc.mediastreams import MediaStreamError
 
 from anchor.cli import main
 from anchor.frames import AudioChunk, Frame
@@ -24,7 +23,7 @@ from anchor.stage import Stage
 from streams.auth import TokenAuthority
 from streams.server import close_pc
 from streams.settings import WebRtcSettings
-from tests.edge import Edge, served_anchor
+from tests.edge import Edge, Microphone, served_anchor
 
 SECRET = "s" * 40
 SIZE = 256
@@ -266,27 +265,6 @@ class Ears(Stage):
         yield frame
 
 
-class Tone(AudioStreamTrack):
-    """A 440 Hz microphone, 20 ms frames of 48 kHz s16 at real-time pace."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.sent = 0
-        self.started = 0.0
-
-    async def recv(self) -> av.AudioFrame:
-        if self.sent == 0:
-            self.started = time.monotonic()
-        await asyncio.sleep(max(0.0, self.started + self.sent / 48000 - time.monotonic()))
-        t = (np.arange(960) + self.sent) / 48000
-        frame = av.AudioFrame.from_ndarray(
-            (np.sin(2 * np.pi * 440 * t) * 12000).astype(np.int16).reshape(1, -1), format="s16", layout="mono"
-        )
-        frame.sample_rate, frame.pts, frame.time_base = 48000, self.sent, Fraction(1, 48000)
-        self.sent += 960
-        return frame
-
-
 async def test_the_viewer_microphone_reaches_the_session_and_h264_is_negotiated() -> None:
     ears = Ears()
     async with served_anchor(SIZE, ears=ears) as edge:
@@ -295,7 +273,9 @@ async def test_the_viewer_microphone_reaches_the_session_and_h264_is_negotiated(
         video.setCodecPreferences(
             [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType == "video/H264"]
         )
-        pc.addTransceiver(Tone(), direction="sendrecv")
+        pc.addTransceiver(
+            Microphone(np.sin(2 * np.pi * 440 * np.arange(48000 * 20) / 48000) * 0.4), direction="sendrecv"
+        )
         frames: list[av.VideoFrame] = []
         tasks: list[asyncio.Task[None]] = []
 
