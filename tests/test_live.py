@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -19,10 +20,30 @@ from streams.server import close_pc
 from tests.edge import Microphone
 
 
+async def while_live(check: Callable[[LiveAnchor], Awaitable[None]], timeout_s: float = 90) -> None:
+    """Serve ``anchor run`` on a free port, run ``check`` against it, then shut it down (re-raising)."""
+    checked = asyncio.Event()
+
+    async def ready(live: LiveAnchor) -> None:
+        await check(live)
+        checked.set()
+
+    loop = asyncio.get_running_loop()
+    task = loop.create_task(serve(AnchorSettings(webrtc={"port": 0}), ready))  # type: ignore[arg-type]
+    waiter = loop.create_task(checked.wait())
+    try:
+        async with asyncio.timeout(timeout_s):
+            await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        task.cancel()
+        waiter.cancel()
+        outcome, _ = await asyncio.gather(task, waiter, return_exceptions=True)
+    if isinstance(outcome, Exception):
+        raise outcome
+
+
 async def test_the_live_anchor_serves_speaks_and_stops() -> None:
-    settings = AnchorSettings(webrtc={"port": 0})  # type: ignore[arg-type]
     seen: dict[str, object] = {}
-    finished = asyncio.Event()
 
     async def ready(live: LiveAnchor) -> None:
         async with aiohttp.ClientSession() as http:
@@ -38,22 +59,15 @@ async def test_the_live_anchor_serves_speaks_and_stops() -> None:
         seen["token"] = TokenAuthority(secret.get_secret_value().encode()).verify(
             f"Bearer {live.token}", session="main", need="control"
         )
-        finished.set()
 
-    task = asyncio.get_running_loop().create_task(serve(settings, ready))
-    async with asyncio.timeout(60):
-        await finished.wait()
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    await while_live(ready, 60)
     assert seen["health"] == {"peers": 0, "sessions": ["main"], "draining": False}
     assert seen["page"] == (200, True)
     assert seen["say"] == 202
 
 
 async def test_a_viewer_who_speaks_interrupts_and_is_transcribed() -> None:
-    settings = AnchorSettings(webrtc={"port": 0})  # type: ignore[arg-type]
     question = "What is the weather tomorrow?"
-    finished = asyncio.Event()
     seen: dict[str, Any] = {}
 
     async def ready(live: LiveAnchor) -> None:
@@ -79,13 +93,8 @@ async def test_a_viewer_who_speaks_interrupts_and_is_transcribed() -> None:
         finally:
             await close_pc(pc)
         seen["messages"], seen["said"] = messages, said
-        finished.set()
 
-    task = asyncio.get_running_loop().create_task(serve(settings, ready))
-    async with asyncio.timeout(90):
-        await finished.wait()
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    await while_live(ready)
     messages = seen["messages"]
     ended = [m for m in messages if m["kind"] == "utterance_finished" and m["utterance"] == seen["said"]]
     assert ended and ended[0]["detail"] == "interrupted", "the anchor stops when the viewer speaks"
