@@ -3,11 +3,13 @@
 The same face stage as live sessions, fed with the file's audio in 20 ms
 chunks; frames are written as they come, so memory stays flat for long files.
 An image avatar also gets the live idle life (blinks, sway, breathing); a
-video avatar keeps its own motion.
+video avatar keeps its own motion. File reading, face detection and encoding
+run on worker threads, one call at a time, so frames stay in order.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,11 +40,11 @@ async def lipsync(
     settings: AnchorSettings, audio_path: Path, out: Path, *, avatar: Path | None, wav2lip: bool
 ) -> LipsyncResult:
     """Render ``audio_path`` onto ``avatar`` into ``out``; ``wav2lip``: the GAN, its weights from settings."""
-    audio, rate = read_wav(audio_path)
+    audio, rate = await asyncio.to_thread(read_wav, audio_path)
     mono = audio.mean(axis=1).astype(np.float32)
     if len(mono) == 0:
         raise ValueError(f"{audio_path} holds no audio")
-    portraits = load_avatar(avatar)
+    portraits = await asyncio.to_thread(load_avatar, avatar)
     driver: FaceDriver
     if wav2lip:
         driver, name = Wav2LipDriver(*portraits), "wav2lip"
@@ -65,9 +67,10 @@ async def lipsync(
             async for frame in run_stages(runtime, [FaceStage(driver, fps=fps)], chunks):
                 if isinstance(frame, VideoFrame):
                     image = frame.image if look is None else look.finish(frame.image, frame.index / fps)
-                    writer.add_video(np.ascontiguousarray(image[: height - height % 2, : width - width % 2]))
+                    even = np.ascontiguousarray(image[: height - height % 2, : width - width % 2])
+                    await asyncio.to_thread(writer.add_video, even)  # x264 encoding: off the loop
                     written += 1
-        writer.add_audio(mono)
+        await asyncio.to_thread(writer.add_audio, mono)
         video_s, audio_s = writer.seconds
     expected = math.ceil(len(mono) * fps / rate)
     if written != expected:
