@@ -110,7 +110,7 @@ async def bench_face(
             spoken = await render_text(runtime, TEXT)
             audio, rate = join_audio(spoken), spoken[0].sample_rate
             audio16k = resample(audio, rate, RATE)
-            result["animator"] = _animator_one_core(portrait, audio16k, fps)
+            result["animator"] = await asyncio.to_thread(_animator_one_core, portrait, audio16k, fps)
             drivers: dict[str, FaceDriver] = {
                 "animator": AnimatorDriver(MouthRenderer(portrait)),
                 "wav2lip": Wav2LipDriver(portrait),
