@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -21,6 +18,7 @@ import pytest
 from anchor.frames import AudioChunk, VideoFrame
 from streams.recorder import ProgramRecorder
 from tests.edge import served_anchor
+from tests.helpers import free_port, port_opens
 from tests.test_webrtc import connect, until
 
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
@@ -94,12 +92,6 @@ def sync_offsets_ms(path: Path) -> list[float]:
     return [1000 * (f - b) for f, b in zip(flashes, beeps, strict=True)]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def nginx_rtmp(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     if NGINX is None or not RTMP_MODULE.exists() or FFPROBE is None:
@@ -117,12 +109,7 @@ def nginx_rtmp(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         f"record all; record_path {record}; record_unique off; }} }} }}\n"
     )
     process = subprocess.Popen([str(NGINX), "-c", str(conf), "-p", str(tmp_path)], stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            break
-        time.sleep(0.05)
-    else:
+    if not port_opens(port):
         process.kill()
         raise RuntimeError(f"nginx did not start: {process.stderr.read() if process.stderr else ''!r}")
     try:
