@@ -204,7 +204,8 @@ def _free_port() -> int:
 
 
 def _mosquitto() -> str | None:
-    return shutil.which("mosquitto") or next((p for p in ("/usr/sbin/mosquitto",) if Path(p).exists()), None)
+    """Debian installs the broker in /usr/sbin, which is not on every PATH."""
+    return shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin")
 
 
 def _broker_config(directory: str, port: int) -> Path:

@@ -34,10 +34,11 @@ def _blink_times(seed: int, horizon_s: float = 3600.0) -> npt.NDArray[np.float64
 
 def blink_closure(t: float, onsets: npt.NDArray[np.float64]) -> float:
     """How shut the eyes are at ``t`` (0 open .. 1 shut)."""
-    i = int(np.searchsorted(onsets, t % onsets[-1] if len(onsets) else 0.0, side="right")) - 1
+    looped = t % onsets[-1]  # the schedule repeats after its last onset (an hour)
+    i = int(np.searchsorted(onsets, looped, side="right")) - 1
     if i < 0:
         return 0.0
-    dt = float((t % onsets[-1]) - onsets[i])
+    dt = float(looped - onsets[i])
     if dt >= _BLINK_S:
         return 0.0
     close = 0.4 * _BLINK_S
