@@ -86,7 +86,6 @@ class Peer:
     pc: RTCPeerConnection
     feed: ProgramFeed
     claims: Claims
-    video: ProgramVideoTrack
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
@@ -391,8 +390,7 @@ class WebRtcServer:
         feed = source.subscribe(
             audio_ms=self.settings.audio_ms_buffered, video_frames=self.settings.video_frames_buffered
         )
-        video = ProgramVideoTrack(feed)
-        peer = Peer(f"p{next(self._ids)}", session, pc, feed, claims, video)
+        peer = Peer(f"p{next(self._ids)}", session, pc, feed, claims)
         self.peers[peer.id] = peer
         try:
             await self._wire(peer, source)
@@ -401,7 +399,7 @@ class WebRtcServer:
             if "audio" in kinds:
                 pc.addTrack(ProgramAudioTrack(feed))
             if "video" in kinds:
-                pc.addTrack(video)
+                pc.addTrack(ProgramVideoTrack(feed))
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception as exc:  # noqa: BLE001 - aiortc raises many kinds on an offer it cannot answer
             await self.close_peer(peer.id)

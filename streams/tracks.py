@@ -56,7 +56,6 @@ class ProgramVideoTrack(MediaStreamTrack):
     def __init__(self, feed: ProgramFeed) -> None:
         super().__init__()
         self.feed = feed
-        self.sent = 0
 
     async def recv(self) -> av.VideoFrame:
         frame = await self.feed.next_video()
@@ -66,7 +65,6 @@ class ProgramVideoTrack(MediaStreamTrack):
         out = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame.image), format="rgb24")
         out.pts = frame.pts
         out.time_base = Fraction(1, frame.sample_rate)
-        self.sent += 1
         return out
 
 
