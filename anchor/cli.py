@@ -298,23 +298,36 @@ def _cmd_transcribe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _section(settings: AnchorSettings, name: str, flags: str, **update: object) -> AnchorSettings:
+    """``settings`` with fields of section ``name`` replaced from command-line ``flags``, validated."""
+    update = {k: v for k, v in update.items() if v is not None}
+    if not update:
+        return settings
+    section = getattr(settings, name)
+    try:
+        changed = type(section).model_validate({**section.model_dump(), **update})
+    except ValueError as exc:
+        raise ConfigError(f"invalid {flags}: {exc}") from None
+    return settings.model_copy(update={name: changed})
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from anchor.live import run_forever
 
     settings = _settings(args)
-    if args.mqtt is not None:
-        try:
-            mqtt = type(settings.mqtt).model_validate({**settings.mqtt.model_dump(), "url": args.mqtt})
-        except ValueError as exc:
-            raise ConfigError(f"invalid --mqtt: {exc}") from None
-        settings = settings.model_copy(update={"mqtt": mqtt})
-    if args.port is not None or args.host is not None:
-        update = {k: v for k, v in (("port", args.port), ("host", args.host)) if v is not None}
-        try:
-            webrtc = type(settings.webrtc).model_validate({**settings.webrtc.model_dump(), **update})
-        except ValueError as exc:
-            raise ConfigError(f"invalid --host/--port: {exc}") from None
-        settings = settings.model_copy(update={"webrtc": webrtc})
+    settings = _section(settings, "mqtt", "--mqtt", url=args.mqtt)
+    settings = _section(settings, "webrtc", "--host/--port", host=args.host, port=args.port)
+    settings = _section(settings, "news", "--news/--news-db", scripts=args.news, database=args.news_db)
+    answering = settings.responder.model_dump()
+    for section, key, value in (
+        ("faq", "path", args.faq),
+        ("llm", "base_url", args.llm_url),
+        ("llm", "model", args.llm_model),
+    ):
+        if value is not None:
+            answering[section][key] = value
+    flags = "--answer/--faq/--llm-url/--llm-model"
+    settings = _section(settings, "responder", flags, **{**answering, "answer": args.answer})
     outputs: list[Path | str] = [*args.record, *args.rtmp]
     bad = [u for u in args.rtmp if not u.startswith(("rtmp://", "rtmps://"))]
     if bad:
@@ -435,6 +448,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--record", type=Path, action="append", default=[], help="also record the program to MP4")
     p.add_argument("--rtmp", action="append", default=[], help="also push the program to an RTMP URL")
+    p.add_argument("--news", type=Path, default=None, help="a news script file, or a folder to watch")
+    p.add_argument("--news-db", type=Path, default=None, help="the durable news queue (SQLite file)")
+    p.add_argument("--answer", choices=("faq", "llm", "off"), default=None, help="who answers viewers")
+    p.add_argument("--faq", type=Path, default=None, help="question/answer file (.toml, .json, .csv)")
+    p.add_argument(
+        "--llm-url", default=None, help="OpenAI-compatible API root, e.g. http://127.0.0.1:8000/v1"
+    )
+    p.add_argument("--llm-model", default=None, help="the model name the endpoint serves")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("lipsync", help="a WAV file onto an avatar: a talking-head MP4 (H.264 + AAC)")

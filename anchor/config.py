@@ -6,11 +6,12 @@ variables (nested with ``__``, e.g. ``ANCHOR_MEDIA__FPS=30``), the TOML file.
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -99,6 +100,64 @@ class MetricsSettings(_Section):
     spans_kept: int = Field(2000, ge=1, description="Finished utterance spans kept in memory.")
 
 
+class FaqSettings(_Section):
+    path: Path | None = Field(
+        None, description="Question/answer file (.toml, .json or .csv); unset: the anchor's own FAQ."
+    )
+    threshold: float = Field(
+        0.55, ge=-1, le=1, description="Least cosine similarity to the best question for its answer."
+    )
+    fallback: str = Field(
+        "I'm sorry, I don't have an answer to that yet.",
+        min_length=1,
+        max_length=500,
+        description="Said when no question is close enough.",
+    )
+
+
+class LlmSettings(_Section):
+    base_url: str = Field(
+        "http://127.0.0.1:8000/v1",
+        pattern=r"^https?://",
+        description="OpenAI-compatible API root (vLLM, llama.cpp server, Ollama's /v1).",
+    )
+    model: str = Field("default", min_length=1)
+    api_key: SecretStr | None = None
+    system_prompt: str = Field(
+        "You are a live TV news anchor talking with a viewer. Answer in one to three short spoken "
+        "sentences: no lists, no markup, no emoji.",
+        max_length=8000,
+    )
+    max_tokens: int = Field(200, ge=1, le=8192)
+    temperature: float = Field(0.7, ge=0, le=2)
+    connect_timeout_s: float = Field(5.0, gt=0)
+    first_token_timeout_s: float = Field(15.0, gt=0, description="Request sent -> first token.")
+    token_timeout_s: float = Field(10.0, gt=0, description="Longest wait between two tokens.")
+    retries: int = Field(2, ge=0, le=10, description="Retries before the first token (never after).")
+    memory_turns: int = Field(6, ge=0, le=100, description="Question/answer pairs kept per session.")
+
+
+class ResponderSettings(_Section):
+    answer: Literal["faq", "llm", "off"] = Field("faq", description="Who answers viewers' questions.")
+    faq: FaqSettings = FaqSettings()
+    llm: LlmSettings = LlmSettings()
+
+
+class NewsSettings(_Section):
+    database: Path = Field(
+        default_factory=lambda: _state_home() / "virtual-anchor" / "news.sqlite3",
+        description="The durable news queue (SQLite).",
+    )
+    scripts: Path | None = Field(None, description="A script file, or a folder watched for scripts.")
+    poll_s: float = Field(2.0, gt=0, description="How often the scripts folder is scanned.")
+    resume_after_s: float = Field(2.0, ge=0, description="Quiet after a conversation before reading goes on.")
+    on_air: bool = Field(True, description="Read the queue from the start.")
+
+
+def _state_home() -> Path:
+    return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+
+
 class AnchorSettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="ANCHOR_",
@@ -114,6 +173,8 @@ class AnchorSettings(BaseSettings):
     engines: EngineSettings = EngineSettings()
     webrtc: WebRtcSettings = WebRtcSettings()
     mqtt: MqttSettings = MqttSettings()
+    responder: ResponderSettings = ResponderSettings()
+    news: NewsSettings = NewsSettings()
 
     @classmethod
     def settings_customise_sources(

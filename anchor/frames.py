@@ -217,6 +217,13 @@ class Say(DataFrame):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Ask(DataFrame):
+    """A viewer's question (spoken or typed): answer it as a new utterance."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class EndOfUtterance(DataFrame):
     """The last data frame of an utterance on every path it takes."""
 

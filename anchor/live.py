@@ -2,7 +2,10 @@
 
 One runtime, one session (``main``): what it is told to say goes through the
 default voice and the default face, paced at the edge (idle life included),
-and out over WebRTC to every viewer of the page. On a loopback-only dev
+and out over WebRTC to every viewer of the page. The news desk reads the
+durable queue (fed from the page, MQTT or a scripts folder); a viewer who
+speaks interrupts it and gets an answer from the chosen responder, after
+which the desk goes on where it stopped. On a loopback-only dev
 server without a configured secret, a secret is made for this run and a
 ready-to-use viewer URL with a token (watch, talk, control) is printed.
 With ``mqtt.url`` set (``--mqtt``), the newsroom controls it over MQTT too;
@@ -23,7 +26,8 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from anchor.config import AnchorSettings
+from anchor.aio import TaskOwner
+from anchor.config import AnchorSettings, ResponderSettings
 from anchor.control import SessionControl
 from anchor.face.animator import MouthRenderer
 from anchor.face.look import PortraitLook
@@ -31,9 +35,15 @@ from anchor.face.portrait import Portrait, default_image, fit, make_portrait
 from anchor.face.stage import AnimatorDriver, FaceStage
 from anchor.graph import AUDIO_OUT, VIDEO_OUT, Graph
 from anchor.listen.recognizer import SpeechRecognizer
-from anchor.responders import SayResponder
+from anchor.news.desk import DeskTiming, NewsDesk
+from anchor.news.scripts import ScriptFeed
+from anchor.news.store import NewsQueue
+from anchor.responders.answer import AnswererFactory, Responder
+from anchor.responders.faq import faq_answerer
+from anchor.responders.llm import llm_answerer
 from anchor.runtime import Runtime
 from anchor.speech.tts import PiperTTS
+from anchor.stage import Stage
 from streams.auth import TokenAuthority
 from streams.mqtt import MqttControl
 from streams.recorder import ProgramRecorder
@@ -45,18 +55,24 @@ log = logging.getLogger(__name__)
 SESSION = "main"
 
 
-def anchor_graph(portrait: Portrait, fps: int) -> Graph:
-    """Say -> default voice -> program audio, and -> default face -> program video.
+def anchor_graph(portrait: Portrait, fps: int, responder: Stage) -> Graph:
+    """Say/Ask -> responder -> default voice -> program audio, and -> default face -> program video.
 
     Viewer audio (the page's talk button) goes to the speech recognizer: the
     viewer starting to speak interrupts the anchor (barge-in), and what was
-    said becomes a ``transcript`` event (shown on the page, sent over MQTT).
-    Answering it is the responders' work (not in this anchor yet).
+    said becomes a ``transcript`` event (shown on the page, sent over MQTT)
+    and, in a session that answers transcripts, a question for ``responder``.
     """
     tts = PiperTTS()
     face = FaceStage(AnimatorDriver(MouthRenderer(portrait)), fps=fps)
-    graph = Graph().add(SpeechRecognizer()).chain(SayResponder(), tts).link(tts, AUDIO_OUT)
+    graph = Graph().add(SpeechRecognizer()).chain(responder, tts).link(tts, AUDIO_OUT)
     return graph.add(face).link(tts, face).link(face, VIDEO_OUT)
+
+
+def live_responder(settings: ResponderSettings) -> Responder:
+    """Scripts verbatim; questions to ``settings.answer`` (``faq``, ``llm`` or ``off``)."""
+    factories: dict[str, AnswererFactory] = {"faq": faq_answerer, "llm": llm_answerer}
+    return Responder(factories, settings.answer, memory_turns=settings.llm.memory_turns)
 
 
 def default_portrait(settings: AnchorSettings) -> Portrait:
@@ -69,6 +85,7 @@ class LiveAnchor:
     runtime: Runtime
     server: WebRtcServer
     token: str | None
+    desk: NewsDesk
 
     @property
     def viewer_url(self) -> str:
@@ -96,13 +113,32 @@ async def serve(
     """
     settings = with_run_secret(settings)
     portrait = await asyncio.to_thread(default_portrait, settings)
+    responder = live_responder(settings.responder)
     async with Runtime(settings) as runtime:
         session = await runtime.open_session(
-            anchor_graph(portrait, settings.media.fps), session_id=SESSION, look=PortraitLook(portrait)
+            anchor_graph(portrait, settings.media.fps, responder),
+            session_id=SESSION,
+            look=PortraitLook(portrait),
+            answer_transcripts=True,
         )
-        server = WebRtcServer(settings.webrtc, {SESSION: session}, default_session=SESSION)
+        queue = NewsQueue(settings.news.database, SESSION)
+        await queue.open()
+        desk = NewsDesk(session, queue, DeskTiming(resume_after_s=settings.news.resume_after_s))
+        desk.on_air = settings.news.on_air
+        owner = TaskOwner(
+            "live",
+            settings.graph.cancel_timeout_s,
+            lambda name, exc: session.announce("error", f"{name} failed: {type(exc).__name__}: {exc}"),
+        )
+        owner.spawn(desk.run(), "news-desk")
+        if settings.news.scripts is not None:
+            owner.spawn(ScriptFeed(desk, settings.news.scripts, settings.news.poll_s).run(), "news-scripts")
+        server = WebRtcServer(
+            settings.webrtc, {SESSION: session}, default_session=SESSION, newsrooms={SESSION: desk}
+        )
         await server.start()
-        control = MqttControl(settings.mqtt, SessionControl(session)) if settings.mqtt.url else None
+        commands = SessionControl(session, desk=desk, responder=responder)
+        control = MqttControl(settings.mqtt, commands) if settings.mqtt.url else None
         if control is not None:
             control.start()
         media = settings.media
@@ -125,7 +161,7 @@ async def serve(
             if secret is not None:
                 authority = TokenAuthority(secret.get_secret_value().encode())
                 token = authority.issue("console", SESSION, {"watch", "talk", "control"})
-            await ready(LiveAnchor(runtime, server, token))
+            await ready(LiveAnchor(runtime, server, token, desk))
             await asyncio.Event().wait()
         finally:
             for recorder in recorders:
@@ -133,6 +169,8 @@ async def serve(
             if control is not None:
                 await control.stop()
             await server.close()
+            await owner.aclose()
+            await queue.aclose()
 
 
 def run_forever(settings: AnchorSettings, outputs: Sequence[Path | str] = ()) -> int:

@@ -46,6 +46,7 @@ class Runtime:
         look: VideoLook | None = None,
         session_id: str | None = None,
         barge_in: bool = True,
+        answer_transcripts: bool = False,
     ) -> Session:
         """Build, start and register a session running ``graph``."""
         if self._closed:
@@ -62,6 +63,7 @@ class Runtime:
             engines=self.engines,
             look=look,
             barge_in=barge_in,
+            answer_transcripts=answer_transcripts,
         )
         try:
             await session.start()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from typing import Literal
 from anchor.aio import TaskOwner, cancel_and_wait
 from anchor.config import AnchorSettings
 from anchor.frames import (
+    Ask,
     EndReason,
     ErrorEvent,
     Frame,
@@ -33,18 +35,22 @@ from anchor.mailbox import Mailbox
 from anchor.metrics import Metrics
 from anchor.pacer import OutputPacer, StillImage, Subscription, VideoLook
 from anchor.stage import Inference, StageContext
-from anchor.utterances import Utterances
+from anchor.utterances import RecentIds, Utterances
 
 log = logging.getLogger(__name__)
 
 EventKind = Literal[
     "utterance_started",
+    "question",
+    "answer",
     "audio_started",
     "video_started",
     "utterance_finished",
     "error",
     "silence",
     "transcript",
+    "speech_started",
+    "news",
 ]
 
 
@@ -58,6 +64,8 @@ class SessionEvent:
     utterance_id: str = ""
     detail: str = ""
     at_ns: int = field(default_factory=time.monotonic_ns)
+    origin: str = ""
+    """Who started the utterance (``news`` for the desk); empty for commands and viewers."""
 
 
 class EventStream:
@@ -102,11 +110,16 @@ class Session:
         engines: Inference,
         look: VideoLook | None = None,
         barge_in: bool = True,
+        answer_transcripts: bool = False,
     ) -> None:
         self.id = session_id
         self.settings = settings
         self.metrics = metrics
         self.barge_in = barge_in
+        self.answer_transcripts = answer_transcripts
+        self._waiters: dict[str, asyncio.Future[str]] = {}
+        self._questions = RecentIds(64)
+        self._outcomes: OrderedDict[str, str] = OrderedDict()
         self.state: Literal["new", "running", "closed"] = "new"
         self.utterances = Utterances(session_id)
         self._owner = TaskOwner(
@@ -160,6 +173,7 @@ class Session:
         live = self.utterances.cancel(self.utterances.live())
         for uid in live:
             self.metrics.finish(uid, "closed")
+            self._settle(uid, "closed")
         await self._owner.aclose()
         await self._run.stop_stages()
         self.pacer.close()
@@ -180,14 +194,52 @@ class Session:
             raise SessionClosed(f"session {self.id} is {self.state}")
 
     # -- input ---------------------------------------------------------------------
-    async def say(self, text: str, *, uninterruptible: bool = False) -> str:
+    async def say(self, text: str, *, uninterruptible: bool = False, origin: str = "") -> str:
         """Start a new utterance speaking ``text``; returns its id."""
         self._require_running()
         utt = self.utterances.new(uninterruptible=uninterruptible)
         self.metrics.start(self.id, utt.id)
-        self._publish(SessionEvent("utterance_started", utt.id, text[:200]))
+        self._publish(SessionEvent("utterance_started", utt.id, text[:200], origin=origin))
         await self._run.push(Say(text=text, utterance_id=utt.id, uninterruptible=uninterruptible))
         return utt.id
+
+    async def ask(self, question: str) -> str:
+        """Answer ``question`` (a viewer's words) as a new utterance through the graph's responder."""
+        self._require_running()
+        utt = self.utterances.new()
+        self.metrics.start(self.id, utt.id)
+        self._questions.add(utt.id)
+        self._publish(SessionEvent("question", utt.id, question[:2000]))
+        self._publish(SessionEvent("utterance_started", utt.id, ""))
+        await self._run.push(Ask(text=question, utterance_id=utt.id))
+        return utt.id
+
+    async def outcome(self, utterance_id: str) -> str:
+        """Wait for ``utterance_id`` to end: ``done``, ``interrupted``, ``error`` or ``closed``."""
+        if (known := self._outcomes.get(utterance_id)) is not None:
+            return known
+        if not self.utterances.is_live(utterance_id):
+            raise KeyError(f"no utterance {utterance_id} in session {self.id}")
+        waiter = self._waiters.get(utterance_id)
+        if waiter is None:
+            waiter = self._waiters[utterance_id] = asyncio.get_running_loop().create_future()
+        return await asyncio.shield(waiter)
+
+    async def cancel(self, utterance_id: str, reason: str = "cancelled") -> bool:
+        """Cut one utterance (queued or speaking); True if it was live."""
+        self._require_running()
+        if not self.utterances.is_live(utterance_id):
+            return False
+        await self._cancel(frozenset({utterance_id}), "interrupted", reason)
+        return True
+
+    def _settle(self, utterance_id: str, outcome: str) -> None:
+        self._outcomes[utterance_id] = outcome
+        while len(self._outcomes) > 256:
+            self._outcomes.popitem(last=False)
+        waiter = self._waiters.pop(utterance_id, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(outcome)
 
     async def push(self, frame: Frame) -> None:
         """Feed an input frame (e.g. viewer audio) to the graph's root stages."""
@@ -219,6 +271,7 @@ class Session:
         for uid in live:
             self.metrics.finish(uid, outcome, detail if outcome == "error" else "")
             self._publish(SessionEvent("utterance_finished", uid, outcome))
+            self._settle(uid, outcome)
         if works:
             await cancel_and_wait(works, self.settings.graph.cancel_timeout_s)
         return cut
@@ -249,6 +302,10 @@ class Session:
             self._streams.append(stream)
         return stream
 
+    def announce(self, kind: EventKind, detail: str = "", utterance_id: str = "") -> None:
+        """Publish an event from a part that drives this session (the news desk, a responder switch)."""
+        self._publish(SessionEvent(kind, utterance_id, detail))
+
     def _publish(self, event: SessionEvent) -> None:
         for stream in self._streams:
             stream.publish(event)
@@ -257,8 +314,12 @@ class Session:
     def _on_emit(self, frame: Frame) -> None:
         if isinstance(frame, TextDelta):
             self.metrics.mark(frame.utterance_id, "first_text")
+            if frame.utterance_id in self._questions:
+                self._publish(SessionEvent("answer", frame.utterance_id, frame.text[:2000]))
         elif isinstance(frame, Transcript) and frame.final:
             self._publish(SessionEvent("transcript", frame.utterance_id, frame.text[:2000]))
+            if self.answer_transcripts and frame.text.strip():
+                self._on_control(frame)
 
     def _on_control(self, frame: Frame) -> None:
         try:
@@ -283,8 +344,12 @@ class Session:
                     await self._cancel(frozenset({frame.utterance_id}), "error", frame.message)
             elif isinstance(frame, Interrupt):
                 await self.interrupt(frame.reason)
-            elif isinstance(frame, SpeechStarted) and self.barge_in:
-                await self.interrupt("barge-in")
+            elif isinstance(frame, SpeechStarted):
+                self._publish(SessionEvent("speech_started"))
+                if self.barge_in:
+                    await self.interrupt("barge-in")
+            elif isinstance(frame, Transcript):
+                await self.ask(frame.text)
 
     def _background_failed(self, name: str, exc: BaseException) -> None:
         self._publish(SessionEvent("error", "", f"{name} failed: {type(exc).__name__}: {exc}"))
@@ -302,6 +367,7 @@ class Session:
         if self.utterances.finish(utterance_id):
             self.metrics.finish(utterance_id, reason)
             self._publish(SessionEvent("utterance_finished", utterance_id, reason))
+            self._settle(utterance_id, reason)
 
     def silence(self) -> None:
         if self._interrupt_ns is None:

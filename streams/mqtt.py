@@ -3,8 +3,9 @@
 Topics for anchor ``{id}``:
 
 - ``anchor/{id}/cmd/<name>`` (QoS 1): JSON commands, one schema per name
-  (``say``, ``interrupt``, ``mute``, ``news/enqueue``, ``news/cue``,
-  ``news/skip``, ``avatar``, ``voice``). Every command carries ``id``,
+  (``say``, ``interrupt``, ``mute``, ``ask``, ``responder``,
+  ``news/enqueue``, ``news/cue``, ``news/skip``, ``news/air``, ``avatar``,
+  ``voice``). Every command carries ``id``,
   ``sent_at`` (unix seconds) and ``ttl_s``; extra fields are refused and
   sizes are bounded.
 - ``anchor/{id}/status`` (retained, QoS 1): state, sessions, current item;
@@ -67,6 +68,14 @@ class Mute(Command):
     muted: bool
 
 
+class Ask(Command):
+    text: str = Field(min_length=1, max_length=2000)
+
+
+class ResponderSwitch(Command):
+    answer: str = Field(pattern=r"^[a-z0-9_-]{1,32}$")
+
+
 class NewsEnqueue(Command):
     title: str = Field(min_length=1, max_length=200)
     body: str = Field(min_length=1, max_length=20_000)
@@ -81,6 +90,10 @@ class NewsSkip(Command):
     pass
 
 
+class NewsAir(Command):
+    on_air: bool
+
+
 class AvatarSwitch(Command):
     avatar: str = Field(min_length=1, max_length=200)
 
@@ -93,9 +106,12 @@ COMMANDS: dict[str, type[Command]] = {
     "say": Say,
     "interrupt": Interrupt,
     "mute": Mute,
+    "ask": Ask,
+    "responder": ResponderSwitch,
     "news/enqueue": NewsEnqueue,
     "news/cue": NewsCue,
     "news/skip": NewsSkip,
+    "news/air": NewsAir,
     "avatar": AvatarSwitch,
     "voice": VoiceSwitch,
 }

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 OPEN_GRANTS: frozenset[Grant] = frozenset({"watch", "talk", "control"})
 MAX_SAY_CHARS = 2000
+MAX_NEWS_TITLE = 200
+MAX_NEWS_BODY = 20_000
 
 
 class SessionEventLike(Protocol):
@@ -70,7 +72,19 @@ class ProgramSource(Protocol[Feed]):
 
     async def say(self, text: str) -> str: ...
 
+    async def ask(self, question: str) -> str: ...
+
     def events(self) -> EventFeed: ...
+
+
+class Newsroom(Protocol):
+    """A session's news queue, as the edge exposes it (``GET``/``POST /news``)."""
+
+    async def submit(self, title: str, body: str, priority: int) -> tuple[str, bool]:
+        """Queue an item; its id and whether it is new. ``ValueError`` for a bad item."""
+        ...
+
+    async def listing(self) -> dict[str, Any]: ...
 
 
 class RequestError(ValueError):
@@ -162,9 +176,11 @@ class WebRtcServer:
         *,
         default_session: str,
         on_event: Callable[[str, str], Awaitable[None]] | None = None,
+        newsrooms: Mapping[str, Newsroom] | None = None,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
+        self.newsrooms = newsrooms or {}
         self.default_session = default_session
         secret = settings.jwt_secret.get_secret_value().encode() if settings.jwt_secret else None
         self.tokens = TokenAuthority(secret) if secret else None
@@ -190,6 +206,11 @@ class WebRtcServer:
                 web.delete("/whep/{session}/{peer}", self._whep_delete),
                 web.post("/say", self._say),
                 web.options("/say", self._preflight),
+                web.post("/ask", self._ask),
+                web.options("/ask", self._preflight),
+                web.get("/news", self._news),
+                web.post("/news", self._news_submit),
+                web.options("/news", self._preflight),
             ]
         )
 
@@ -291,7 +312,7 @@ class WebRtcServer:
 
     # -- signaling ---------------------------------------------------------------------
     def _admit(
-        self, request: web.Request, session: str, need: Grant = "watch"
+        self, request: web.Request, session: str, need: Grant = "watch", *, joining: bool = False
     ) -> tuple[ProgramSource[Any], Claims]:
         source = self.sessions.get(session)
         if source is None:
@@ -302,7 +323,7 @@ class WebRtcServer:
             claims = self.tokens.verify(request.headers.get("Authorization"), session=session, need=need)
         else:
             raise AuthError("this server takes no offers: it has no token secret and is not loopback-only")
-        if need == "watch" and len(self.peers) >= self.settings.max_peers:
+        if joining and len(self.peers) >= self.settings.max_peers:
             raise RequestError(503, f"viewer limit reached ({self.settings.max_peers} peers)")
         return source, claims
 
@@ -322,29 +343,76 @@ class WebRtcServer:
     async def _offer(self, request: web.Request) -> web.StreamResponse:
         sdp, session = parse_offer_json(await self._read(request))
         session = session or self.default_session
-        source, claims = self._admit(request, session)
+        source, claims = self._admit(request, session, joining=True)
         check_sdp(sdp)
         peer = await self._connect(session, source, claims, sdp)
         assert peer.pc.localDescription is not None
         return web.json_response({"sdp": peer.pc.localDescription.sdp, "type": "answer", "peer": peer.id})
 
-    async def _say(self, request: web.Request) -> web.StreamResponse:
+    async def _body(self, request: web.Request, fields: set[str]) -> dict[str, Any]:
+        """A JSON object body with no fields but ``fields`` (and ``session``), or a 400 saying why."""
         try:
             body = json.loads(await self._read(request))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise RequestError(400, f"body is not JSON: {exc}") from None
-        if not isinstance(body, dict) or sorted(set(body) - {"text", "session"}):
+        allowed = fields | {"session"}
+        if not isinstance(body, dict) or set(body) - allowed:
+            names = ", ".join(repr(f) for f in sorted(fields))
             raise RequestError(
-                400, "body must be an object with 'text' and optionally 'session', nothing else"
+                400, f"body must be an object with {names} and optionally 'session', nothing else"
             )
-        text, session = body.get("text"), body.get("session") or self.default_session
-        if not isinstance(text, str) or not text.strip() or len(text) > MAX_SAY_CHARS:
-            raise RequestError(400, f"text must be a non-empty string of at most {MAX_SAY_CHARS} characters")
+        session = body.get("session") or self.default_session
         if not isinstance(session, str):
             raise RequestError(400, "session must be a string")
-        source, _ = self._admit(request, session, need="control")
+        body["session"] = session
+        return body
+
+    @staticmethod
+    def _text(body: dict[str, Any], name: str, limit: int) -> str:
+        text = body.get(name)
+        if not isinstance(text, str) or not text.strip() or len(text) > limit:
+            raise RequestError(400, f"{name} must be a non-empty string of at most {limit} characters")
+        return text
+
+    async def _say(self, request: web.Request) -> web.StreamResponse:
+        body = await self._body(request, {"text"})
+        text = self._text(body, "text", MAX_SAY_CHARS)
+        source, _ = self._admit(request, body["session"], need="control")
         utterance = await source.say(text)
         return web.json_response({"utterance": utterance}, status=202)
+
+    async def _ask(self, request: web.Request) -> web.StreamResponse:
+        body = await self._body(request, {"text"})
+        text = self._text(body, "text", MAX_SAY_CHARS)
+        source, _ = self._admit(request, body["session"], need="talk")
+        utterance = await source.ask(text)
+        return web.json_response({"utterance": utterance}, status=202)
+
+    def _newsroom(self, session: str) -> Newsroom:
+        room = self.newsrooms.get(session)
+        if room is None:
+            raise RequestError(404, f"session {session!r} has no news queue")
+        return room
+
+    async def _news(self, request: web.Request) -> web.StreamResponse:
+        session = request.query.get("session") or self.default_session
+        self._admit(request, session, need="watch")
+        return web.json_response(await self._newsroom(session).listing())
+
+    async def _news_submit(self, request: web.Request) -> web.StreamResponse:
+        body = await self._body(request, {"title", "body", "priority"})
+        self._admit(request, body["session"], need="control")
+        room = self._newsroom(body["session"])
+        title = self._text(body, "title", MAX_NEWS_TITLE)
+        text = self._text(body, "body", MAX_NEWS_BODY)
+        priority = body.get("priority", 0)
+        if not isinstance(priority, int) or isinstance(priority, bool):
+            raise RequestError(400, f"priority must be an integer, got {priority!r}")
+        try:
+            item, added = await room.submit(title, text, priority)
+        except ValueError as exc:
+            raise RequestError(400, str(exc)) from None
+        return web.json_response({"id": item, "queued": added}, status=201 if added else 200)
 
     async def _whep(self, request: web.Request) -> web.StreamResponse:
         if request.content_type != "application/sdp":
@@ -355,7 +423,7 @@ class WebRtcServer:
         except UnicodeDecodeError:
             raise RequestError(400, "SDP offer is not UTF-8") from None
         session = request.match_info["session"]
-        source, claims = self._admit(request, session)
+        source, claims = self._admit(request, session, joining=True)
         check_sdp(sdp)
         peer = await self._connect(session, source, claims, sdp)
         assert peer.pc.localDescription is not None

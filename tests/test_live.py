@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -15,13 +16,16 @@ from anchor import AnchorSettings
 from anchor.live import LiveAnchor, serve
 from anchor.offline import join_audio, render_text
 from anchor.quality import word_error_rate
+from anchor.responders.faq import load_faq
 from streams.auth import TokenAuthority
 from streams.server import close_pc
 from tests.edge import Microphone
 
 
-async def while_live(check: Callable[[LiveAnchor], Awaitable[None]], timeout_s: float = 90) -> None:
-    """Serve ``anchor run`` on a free port, run ``check`` against it, then shut it down (re-raising)."""
+async def while_live(
+    check: Callable[[LiveAnchor], Awaitable[None]], news: Path, timeout_s: float = 90
+) -> None:
+    """Serve ``anchor run`` on a free port (news queue in ``news``), run ``check``, shut it down (re-raising)."""
     checked = asyncio.Event()
 
     async def ready(live: LiveAnchor) -> None:
@@ -29,7 +33,8 @@ async def while_live(check: Callable[[LiveAnchor], Awaitable[None]], timeout_s: 
         checked.set()
 
     loop = asyncio.get_running_loop()
-    task = loop.create_task(serve(AnchorSettings(webrtc={"port": 0}), ready))  # type: ignore[arg-type]
+    settings = AnchorSettings(webrtc={"port": 0}, news={"database": news})  # type: ignore[arg-type]
+    task = loop.create_task(serve(settings, ready))
     waiter = loop.create_task(checked.wait())
     try:
         async with asyncio.timeout(timeout_s):
@@ -42,7 +47,7 @@ async def while_live(check: Callable[[LiveAnchor], Awaitable[None]], timeout_s: 
         raise outcome
 
 
-async def test_the_live_anchor_serves_speaks_and_stops() -> None:
+async def test_the_live_anchor_serves_speaks_and_stops(tmp_path: Path) -> None:
     seen: dict[str, object] = {}
 
     async def ready(live: LiveAnchor) -> None:
@@ -60,13 +65,13 @@ async def test_the_live_anchor_serves_speaks_and_stops() -> None:
             f"Bearer {live.token}", session="main", need="control"
         )
 
-    await while_live(ready, 60)
+    await while_live(ready, tmp_path / "news.db", 60)
     assert seen["health"] == {"peers": 0, "sessions": ["main"], "draining": False}
     assert seen["page"] == (200, True)
     assert seen["say"] == 202
 
 
-async def test_a_viewer_who_speaks_interrupts_and_is_transcribed() -> None:
+async def test_a_viewer_who_speaks_interrupts_is_transcribed_and_answered(tmp_path: Path) -> None:
     question = "What is the weather tomorrow?"
     seen: dict[str, Any] = {}
 
@@ -88,15 +93,70 @@ async def test_a_viewer_who_speaks_interrupts_and_is_transcribed() -> None:
         await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
         try:
             async with asyncio.timeout(60):
-                while not any(m["kind"] == "transcript" for m in messages):  # noqa: ASYNC110 - aiortc callbacks
+                while not any(  # noqa: ASYNC110 - aiortc callbacks fill messages
+                    m["kind"] == "utterance_finished" and m["utterance"] in asked(messages) for m in messages
+                ):
                     await asyncio.sleep(0.1)
         finally:
             await close_pc(pc)
         seen["messages"], seen["said"] = messages, said
 
-    await while_live(ready)
+    await while_live(ready, tmp_path / "news.db")
     messages = seen["messages"]
     ended = [m for m in messages if m["kind"] == "utterance_finished" and m["utterance"] == seen["said"]]
     assert ended and ended[0]["detail"] == "interrupted", "the anchor stops when the viewer speaks"
     heard = next(m["detail"] for m in messages if m["kind"] == "transcript")
     assert word_error_rate([question], [heard]) <= 0.2, heard
+    (answered,) = asked(messages)
+    answer = "".join(m["detail"] for m in messages if m["kind"] == "answer" and m["utterance"] == answered)
+    assert answer == next(e.answer for e in load_faq(None) if e.question == "What's the weather like?")
+    ended = [
+        m["detail"] for m in messages if m["kind"] == "utterance_finished" and m["utterance"] == answered
+    ]
+    assert ended == ["done"], "the answer is spoken to its end"
+
+
+def asked(messages: list[dict[str, Any]]) -> set[str]:
+    return {m["utterance"] for m in messages if m["kind"] == "question"}
+
+
+async def test_news_from_the_page_is_queued_listed_and_read(tmp_path: Path) -> None:
+    seen: dict[str, Any] = {}
+
+    async def ready(live: LiveAnchor) -> None:
+        events = live.runtime.sessions["main"].events()
+        story = {"title": "Rates", "body": "The bank held rates at four percent.", "priority": 2}
+        async with aiohttp.ClientSession() as http:
+            for bad, message in [
+                ({"title": "Rates"}, "body must be a non-empty string"),
+                ({**story, "priority": "high"}, "priority must be an integer, got 'high'"),
+                ({**story, "priority": 11}, "news priority must be 0..10, got 11"),
+                ({**story, "colour": "red"}, "body must be an object with 'body', 'priority', 'title'"),
+            ]:
+                async with http.post(f"{live.server.url}/news", json=bad) as r:
+                    seen.setdefault("bad", []).append((r.status, message in (await r.json())["error"]))
+            async with http.post(f"{live.server.url}/news", json=story) as r:
+                seen["queued"] = r.status, await r.json()
+            async with http.post(f"{live.server.url}/news", json=story) as r:
+                seen["again"] = r.status, (await r.json())["queued"]
+            started: list[str] = []
+            async with asyncio.timeout(30):
+                async for event in events:
+                    if event.kind == "utterance_started" and event.origin == "news":
+                        started.append(event.detail)
+                    if len(started) == 2:
+                        break
+            async with http.get(f"{live.server.url}/news") as r:
+                seen["listing"] = await r.json()
+        events.close()
+        seen["started"] = started
+
+    await while_live(ready, tmp_path / "news.db")
+    assert seen["bad"] == [(400, True)] * 4
+    status, body = seen["queued"]
+    assert status == 201 and body["queued"] is True
+    assert seen["again"] == (200, False), "the same story twice is queued once"
+    assert seen["started"] == ["Rates.", "The bank held rates at four percent."]
+    listing = seen["listing"]
+    assert listing["desk"]["on_air"] is True
+    assert [i["id"] for i in listing["pending"] + listing["recent"]] == [body["id"]]

@@ -20,9 +20,13 @@ import aiomqtt
 import pytest
 
 from anchor import AUDIO_OUT, AnchorSettings, Graph, Runtime
+from anchor.aio import cancel_and_wait
 from anchor.control import SessionControl
 from anchor.fakes import FakeTTS
+from anchor.news.desk import DeskTiming, NewsDesk
+from anchor.news.store import NewsQueue
 from anchor.responders import SayResponder
+from anchor.responders.answer import Responder
 from anchor.session import Session
 from streams.mqtt import MqttControl, parse_command
 from streams.settings import MqttSettings
@@ -96,23 +100,35 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
 
 
 @contextlib.asynccontextmanager
-async def controlled_session(broker: Broker) -> AsyncIterator[tuple[Session, MqttControl]]:
+async def controlled_session(
+    broker: Broker, news: Path | None = None
+) -> AsyncIterator[tuple[Session, MqttControl]]:
+    """A session under MQTT control; with ``news`` (a database path) it has a news desk and answers."""
     tts = FakeTTS("tts", ms_per_word=40)
-    graph = Graph().chain(SayResponder(), tts).link(tts, AUDIO_OUT)
+    responder = Responder({}, "off")
+    graph = Graph().chain(responder, tts).link(tts, AUDIO_OUT)
     settings = MqttSettings(
         url=f"mqtt://127.0.0.1:{broker.port}", username="anchor", password="anchor-pass",  # type: ignore[arg-type]
         reconnect_min_s=0.1, reconnect_max_s=0.5,
     )  # fmt: skip
     async with Runtime(AnchorSettings(media={"width": 32, "height": 32})) as rt:  # type: ignore[arg-type]
         session = await rt.open_session(graph, session_id="main")
-        control = MqttControl(settings, SessionControl(session))
-        control.start()
-        try:
+        async with contextlib.AsyncExitStack() as stack:
+            desk = None
+            if news is not None:
+                queue = NewsQueue(news, "main")
+                await queue.open()
+                stack.push_async_callback(queue.aclose)
+                desk = NewsDesk(session, queue, DeskTiming(resume_after_s=0.2))
+                task = asyncio.get_running_loop().create_task(desk.run())
+                stack.push_async_callback(cancel_and_wait, [task], 2.0)
+            target = SessionControl(session, desk=desk, responder=responder if news else None)
+            control = MqttControl(settings, target)
+            control.start()
+            stack.push_async_callback(control.stop)
             async with asyncio.timeout(10):
                 await control.connected.wait()
             yield session, control
-        finally:
-            await control.stop()
 
 
 def client(broker: Broker, user: str | None, password: str | None = None) -> aiomqtt.Client:
@@ -177,7 +193,9 @@ async def test_bad_commands_get_error_events_and_change_nothing(broker: Broker) 
                 "expired",
             ),
             ("dance", command(), "unknown command 'dance'"),
-            ("news/skip", command(), "NewsSkip is not available"),
+            ("news/skip", command(), "session main has no news desk"),
+            ("ask", command(text="why?"), "session main does not answer questions"),
+            ("avatar", command(avatar="x"), "AvatarSwitch is not available in this anchor"),
             ("say", command(text="x" * 1000, pad="y" * 20_000), "exceeds 16384"),
         ]
         for name, payload, message in cases:
@@ -195,6 +213,49 @@ async def test_bad_commands_get_error_events_and_change_nothing(broker: Broker) 
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(1.0):
                 await next_json(newsroom.messages, "anchor/main/events", "accepted")
+
+
+async def test_the_newsroom_runs_the_news_desk_over_mqtt(broker: Broker, tmp_path: Path) -> None:
+    async with (
+        controlled_session(broker, tmp_path / "news.db") as (session, _),
+        client(broker, "newsroom") as room,
+    ):
+        await room.subscribe([("anchor/main/events", 1), ("anchor/main/status", 1)])
+        await room.publish("anchor/main/cmd/news/air", command(on_air=False), qos=1)
+        assert (await next_json(room.messages, "anchor/main/events", "accepted"))["result"] == "off air"
+        story = command(title="Rates", body="The bank held rates. More at six.", priority=1)
+        await room.publish("anchor/main/cmd/news/enqueue", story, qos=1)
+        item = (await next_json(room.messages, "anchor/main/events", "accepted"))["result"]
+        assert item.startswith("n-")
+        await room.publish(
+            "anchor/main/cmd/news/enqueue",
+            command(title="Rates", body="The bank held rates. More at six."),
+            qos=1,
+        )
+        again = await next_json(room.messages, "anchor/main/events", "accepted")
+        assert again["result"] == f"{item} (already queued)"
+        for name, payload, message in [
+            ("news/skip", command(), "no news item is being read"),
+            ("news/cue", command(item="n-unknown"), "news item 'n-unknown' cannot be cued: it is unknown"),
+            ("responder", command(answer="gpt"), "unknown responder 'gpt'; choose one of off"),
+            (
+                "news/enqueue",
+                command(title="t", body="b", priority=11),
+                "priority: Input should be less than or equal to 10",
+            ),
+        ]:
+            await room.publish(f"anchor/main/cmd/{name}", payload, qos=1)
+            error = await next_json(room.messages, "anchor/main/events", "error")
+            assert message in error["error"], (name, error)
+        await room.publish("anchor/main/cmd/news/air", command(on_air=True), qos=1)
+        read = [
+            (await next_json(room.messages, "anchor/main/events", "utterance_started"))["detail"]
+            for _ in range(3)
+        ]
+        assert read == ["Rates.", "The bank held rates.", "More at six."]
+        status = await next_json(room.messages, "anchor/main/status")
+        assert status["news"]["on_air"] is True
+    assert not session.utterances.live()
 
 
 async def test_acl_keeps_other_users_out(broker: Broker) -> None:

@@ -69,6 +69,20 @@ def _is_abbreviation(text: str, dot: int) -> bool:
     return bool(re.fullmatch(r"(?:[A-Za-z]\.)+[A-Za-z]", word))
 
 
+def sentences(text: str) -> list[str]:
+    """``text`` cut at every sentence end (the same rule as the splitter: not after abbreviations)."""
+    out, start = [], 0
+    for m in _SENTENCE_END.finditer(text):
+        if m[0].startswith(".") and _is_abbreviation(text, m.start()):
+            continue
+        if piece := text[start : m.end()].strip():
+            out.append(piece)
+        start = m.end()
+    if rest := text[start:].strip():
+        out.append(rest)
+    return out
+
+
 class PhraseSplitter:
     def __init__(self, *, first_words: int = 6, min_clause_words: int = 4, max_chars: int = 400) -> None:
         self.first_words = first_words

@@ -1,4 +1,8 @@
-"""Responders: the stage that turns a command or a question into response text."""
+"""Responders: the stages that turn a command or a question into response text.
+
+``SayResponder`` reads scripts only; ``Responder`` (``answer.py``) also
+answers questions with ``faq`` (``faq.py``) or ``llm`` (``llm.py``).
+"""
 
 from __future__ import annotations
 

@@ -1,0 +1,278 @@
+"""The news queue and desk: durable SQLite items, sentence-by-sentence reading on real sessions."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from anchor import AUDIO_OUT, Graph, Runtime
+from anchor.fakes import FakeTTS
+from anchor.frames import SpeechStarted
+from anchor.news.desk import DeskTiming, NewsDesk, script_sentences
+from anchor.news.scripts import ScriptFeed, parse_script
+from anchor.news.store import NewsError, NewsItem, NewsQueue, NewsStore
+from anchor.responders import SayResponder
+from anchor.session import EventStream, Session
+from tests.helpers import FAST
+
+FIVE = "One is first. Two comes next. Three is here. Four is late. Five ends it."
+
+
+def item(title: str, body: str = FIVE, priority: int = 0) -> NewsItem:
+    return NewsItem(title, body, priority)
+
+
+# -- the store ---------------------------------------------------------------------------------
+
+
+def test_items_rank_by_cue_then_priority_then_arrival(tmp_path: Path) -> None:
+    store = NewsStore(tmp_path / "news.db")
+    for title, priority in (("a", 0), ("b", 3), ("c", 0), ("d", 3)):
+        assert store.add("s", item(title, priority=priority))
+    assert not store.add("s", item("a")), "the same script is queued once"
+    assert store.add("other", item("x", priority=9))
+    assert [i.title for i in store.pending("s")] == ["b", "d", "a", "c"]
+    c = next(i for i in store.pending("s") if i.title == "c")
+    store.cue("s", c.id)
+    assert [i.title for i in store.pending("s")] == ["c", "b", "d", "a"]
+    store.finish(c.id, "skipped")
+    with pytest.raises(NewsError, match="cannot be cued: it is skipped"):
+        store.cue("s", c.id)
+    with pytest.raises(NewsError, match="cannot be cued: it is unknown"):
+        store.cue("s", "n-nope")
+    assert [i.title for i in store.recent("s")] == ["c"]
+    store.close()
+
+
+def test_the_reading_position_survives_a_restart(tmp_path: Path) -> None:
+    store = NewsStore(tmp_path / "news.db")
+    store.add("s", item("a"))
+    a = store.next("s")
+    assert a is not None
+    store.begin(a.id)
+    store.advance(a.id, 3)
+    store.advance(a.id, 2)  # a late, older position never moves it back
+    store.close()
+    again = NewsStore(tmp_path / "news.db")
+    resumed = again.next("s")
+    assert resumed is not None
+    assert (resumed.id, resumed.state, resumed.sentence) == (a.id, "reading", 3)
+    again.close()
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (NewsItem(" ", "body"), "empty title"),
+        (NewsItem("t", "\n"), "empty body"),
+        (NewsItem("t" * 201, "body"), "title is 201 characters; at most 200"),
+        (NewsItem("t", "b" * 20_001), "body is 20001 characters; at most 20000"),
+        (NewsItem("t", "body", 11), "priority must be 0..10, got 11"),
+        (NewsItem("t", "body", id="x" * 65), "id is 65 characters"),
+    ],
+)
+def test_a_bad_item_is_refused_with_the_reason(tmp_path: Path, bad: NewsItem, message: str) -> None:
+    store = NewsStore(tmp_path / "news.db")
+    with pytest.raises(NewsError, match=message):
+        store.add("s", bad)
+    assert store.pending("s") == []
+    store.close()
+
+
+def test_a_file_that_is_not_a_database_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "news.db"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(NewsError, match=r"news database .*news\.db cannot be used"):
+        NewsStore(path)
+
+
+def test_a_script_is_read_as_its_title_then_its_sentences() -> None:
+    (parsed,) = parse_script(
+        "a.txt", "\n# Storm warning\npriority: 4\nDr. Lee said winds reach 90 km/h.\nStay in.\n"
+    )
+    assert (parsed.title, parsed.priority) == ("Storm warning", 4)
+    store = NewsStore(":memory:")
+    store.add("s", parsed)
+    stored = store.next("s")
+    assert stored is not None
+    assert script_sentences(stored) == ["Storm warning.", "Dr. Lee said winds reach 90 km/h.", "Stay in."]
+
+
+# -- the desk on a real session ------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def desk_on_air(database: Path) -> AsyncIterator[tuple[Session, NewsDesk, EventStream]]:
+    tts = FakeTTS("tts", ms_per_word=150)
+    graph = Graph().chain(SayResponder(), tts).link(tts, AUDIO_OUT)
+    async with Runtime(FAST) as rt:
+        session = await rt.open_session(graph)
+        queue = NewsQueue(database, session.id)
+        await queue.open()
+        desk = NewsDesk(session, queue, DeskTiming(resume_after_s=0.3, listen_hold_s=1.0))
+        events = session.events()
+        task = asyncio.get_running_loop().create_task(desk.run())
+        try:
+            yield session, desk, events
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await queue.aclose()
+
+
+async def spoken(events: EventStream, count: int, timeout_s: float = 20) -> list[tuple[str, str]]:
+    """The next ``count`` sentences that finished, as (text, outcome), in order."""
+    texts: dict[str, str] = {}
+    out: list[tuple[str, str]] = []
+    async with asyncio.timeout(timeout_s):
+        while len(out) < count:
+            event = await events.next()
+            assert event is not None
+            if event.kind == "utterance_started":
+                texts[event.utterance_id] = event.detail
+            elif event.kind == "utterance_finished" and event.utterance_id in texts:
+                out.append((texts.pop(event.utterance_id), event.detail))
+    return out
+
+
+async def test_the_desk_reads_items_in_order_one_sentence_at_a_time(tmp_path: Path) -> None:
+    async with desk_on_air(tmp_path / "news.db") as (_, desk, events):
+        await desk.enqueue(item("First story", "Alpha one. Alpha two."))
+        await desk.enqueue(item("Second story", "Beta one."))
+        said = await spoken(events, 5)
+        async with asyncio.timeout(5):
+            while (listing := await desk.listing())["pending"]:  # noqa: ASYNC110 - polls SQLite
+                await asyncio.sleep(0.01)  # the last sentence ended; the desk marks the item done
+    assert said == [
+        ("First story.", "done"),
+        ("Alpha one.", "done"),
+        ("Alpha two.", "done"),
+        ("Second story.", "done"),
+        ("Beta one.", "done"),
+    ]
+    assert listing["pending"] == []
+    assert {i["title"] for i in listing["recent"]} == {"First story", "Second story"}  # type: ignore[union-attr]
+
+
+async def test_a_breaking_item_takes_over_at_a_sentence_boundary_and_the_story_resumes(
+    tmp_path: Path,
+) -> None:
+    async with desk_on_air(tmp_path / "news.db") as (_, desk, events):
+        await desk.enqueue(item("Weather"))
+        first = await spoken(events, 2)
+        await desk.enqueue(item("Breaking", "Markets halted.", priority=9))
+        rest = await spoken(events, 6)
+    said = [text for text, outcome in first + rest if outcome == "done"]
+    assert all(outcome == "done" for _, outcome in first + rest), "nothing is cut: it waits for the boundary"
+    breaking = said.index("Breaking.")
+    assert said[breaking : breaking + 2] == ["Breaking.", "Markets halted."]
+    weather = [s for s in said if s not in ("Breaking.", "Markets halted.")]
+    assert weather == script_sentences_of("Weather"), "the story resumes: nothing lost, nothing twice"
+    assert breaking in (2, 3), f"breaking news waited too long: {said}"
+
+
+def script_sentences_of(title: str) -> list[str]:
+    return [
+        f"{title}.",
+        "One is first.",
+        "Two comes next.",
+        "Three is here.",
+        "Four is late.",
+        "Five ends it.",
+    ]
+
+
+async def test_a_restart_resumes_the_item_at_its_current_sentence(tmp_path: Path) -> None:
+    database = tmp_path / "news.db"
+    async with desk_on_air(database) as (_, desk, events):
+        await desk.enqueue(item("Weather"))
+        before = await spoken(events, 3)
+        await asyncio.sleep(0.1)  # the fourth sentence is being read when the process stops
+    async with desk_on_air(database) as (_, _desk, events):
+        after = await spoken(events, 3)
+    expected = script_sentences_of("Weather")
+    assert [t for t, _ in before] == expected[:3]
+    assert [t for t, _ in after] == expected[3:], "nothing lost, nothing read twice"
+
+
+async def test_a_viewer_who_speaks_cuts_the_sentence_and_reading_resumes_with_it(tmp_path: Path) -> None:
+    async with desk_on_air(tmp_path / "news.db") as (session, desk, events):
+        await desk.enqueue(item("Weather"))
+        await spoken(events, 1)
+        await asyncio.sleep(0.05)
+        await session.push(SpeechStarted())
+        cut = await spoken(events, 1)
+        began = asyncio.get_running_loop().time()
+        resumed = await spoken(events, 1)
+        waited = asyncio.get_running_loop().time() - began
+    assert cut == [("One is first.", "interrupted")]
+    assert resumed == [("One is first.", "done")]
+    assert waited >= 0.3, "the desk holds while the viewer may still be talking"
+
+
+async def test_skip_ends_the_item_and_the_next_one_is_read(tmp_path: Path) -> None:
+    async with desk_on_air(tmp_path / "news.db") as (_, desk, events):
+        await desk.enqueue(item("Weather"))
+        await desk.enqueue(item("Sport", "Goal."))
+        await spoken(events, 1)
+        await asyncio.sleep(0.05)
+        skipped = await desk.skip()
+        rest = await spoken(events, 3)
+        weather = await desk.queue.get(skipped)
+    assert rest == [("One is first.", "interrupted"), ("Sport.", "done"), ("Goal.", "done")]
+    assert weather is not None and weather.state == "skipped"
+
+
+async def test_off_air_reads_nothing_until_back_on(tmp_path: Path) -> None:
+    async with desk_on_air(tmp_path / "news.db") as (_, desk, events):
+        desk.set_on_air(False)
+        await desk.enqueue(item("Sport", "Goal."))
+        with pytest.raises(TimeoutError):
+            await spoken(events, 1, timeout_s=0.5)
+        desk.set_on_air(True)
+        assert await spoken(events, 2) == [("Sport.", "done"), ("Goal.", "done")]
+
+
+async def test_a_scripts_folder_is_imported_once_per_content(tmp_path: Path) -> None:
+    folder = tmp_path / "scripts"
+    folder.mkdir()
+    (folder / "a.txt").write_text("Rates\nThe bank held rates.\n")
+    (folder / "b.json").write_text(json.dumps([{"title": "Sport", "body": "Goal.", "priority": 2}]))
+    (folder / "bad.json").write_text(json.dumps({"title": "x", "body": "y", "colour": "red"}))
+    (folder / "notes.csv").write_text("ignored")
+    async with desk_on_air(tmp_path / "news.db") as (_, desk, events):
+        desk.set_on_air(False)
+        feed = ScriptFeed(desk, folder)
+        assert await feed.scan() == 2
+        assert await feed.scan() == 0, "an unchanged file is not queued again"
+        (folder / "a.txt").write_text("Rates\nThe bank cut rates.\n")
+        assert await feed.scan() == 1, "an edited file queues its new text"
+        titles = [i["title"] for i in (await desk.listing())["pending"]]  # type: ignore[index]
+        errors = []
+        while (event := await asyncio.wait_for(events.next(), 1)) is not None:
+            if event.kind == "error":
+                errors.append(event.detail)
+                break
+    assert titles == ["Sport", "Rates", "Rates"]
+    assert errors == ["news script skipped: bad.json: unknown fields ['colour']"]
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("a.txt", "\n\n", "a.txt: the script is empty"),
+        ("a.txt", "Title only\n", "a.txt: news item 'Title only' has an empty body"),
+        ("a.json", "{", "a.json: not valid JSON"),
+        ("a.json", "[1]", r"a.json\[0\]: expected an object with title and body, got int"),
+        ("a.json", '{"title": "t", "body": "b", "priority": "high"}', "priority must be an integer"),
+    ],
+)
+def test_a_bad_script_names_the_file_and_the_problem(name: str, text: str, message: str) -> None:
+    with pytest.raises(NewsError, match=message):
+        parse_script(name, text)
