@@ -368,6 +368,25 @@ def _cmd_bench_streams(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_e2e(args: argparse.Namespace) -> int:
+    from anchor.bench.e2e import bench_e2e, write_report
+
+    result = asyncio.run(bench_e2e(_settings(args), rounds=args.rounds))
+    if args.report is not None:
+        for path in write_report(result, args.report):
+            print(f"wrote {path}", file=sys.stderr)
+    _print(result, args.json)
+    return 0
+
+
+def _cmd_bench_soak(args: argparse.Namespace) -> int:
+    from anchor.bench.soak import bench_soak
+
+    result = asyncio.run(bench_soak(_settings(args), minutes=args.minutes, sessions=args.sessions))
+    _print(result, args.json)
+    return 0
+
+
 def _cmd_bench_face(args: argparse.Namespace) -> int:
     from anchor.bench.face import bench_face
 
@@ -517,6 +536,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mqtt-rounds", type=int, default=200)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_bench_streams)
+    p = bench_sub.add_parser("e2e", help="the live anchor measured by a synthetic WebRTC viewer process")
+    p.add_argument("--rounds", type=int, default=6, help="questions, news items and interrupts, each")
+    p.add_argument("--report", type=Path, default=None, help="also write e2e.json, e2e.md and e2e.png here")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_bench_e2e)
+    p = bench_sub.add_parser("soak", help="sessions reading the news for minutes: gaps, memory, release")
+    p.add_argument("--minutes", type=float, default=10.0)
+    p.add_argument("--sessions", type=int, default=2)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_bench_soak)
     p = bench_sub.add_parser("asr", help="WER per voice/noise condition, RTF per backend, streaming latency")
     p.add_argument("--no-streaming", action="store_true", help="skip the real-time streaming latency part")
     p.add_argument("--json", action="store_true")

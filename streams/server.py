@@ -74,6 +74,8 @@ class ProgramSource(Protocol[Feed]):
 
     async def ask(self, question: str) -> str: ...
 
+    async def interrupt(self, reason: str = ...) -> frozenset[str]: ...
+
     def events(self) -> EventFeed: ...
 
 
@@ -206,6 +208,8 @@ class WebRtcServer:
                 web.delete("/whep/{session}/{peer}", self._whep_delete),
                 web.post("/say", self._say),
                 web.options("/say", self._preflight),
+                web.post("/interrupt", self._interrupt),
+                web.options("/interrupt", self._preflight),
                 web.post("/ask", self._ask),
                 web.options("/ask", self._preflight),
                 web.get("/news", self._news),
@@ -351,16 +355,15 @@ class WebRtcServer:
 
     async def _body(self, request: web.Request, fields: set[str]) -> dict[str, Any]:
         """A JSON object body with no fields but ``fields`` (and ``session``), or a 400 saying why."""
+        raw = await self._read(request)
         try:
-            body = json.loads(await self._read(request))
+            body = json.loads(raw) if raw.strip() or fields else {}
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise RequestError(400, f"body is not JSON: {exc}") from None
-        allowed = fields | {"session"}
-        if not isinstance(body, dict) or set(body) - allowed:
+        if not isinstance(body, dict) or set(body) - fields - {"session"}:
             names = ", ".join(repr(f) for f in sorted(fields))
-            raise RequestError(
-                400, f"body must be an object with {names} and optionally 'session', nothing else"
-            )
+            wanted = f"with {names} and optionally 'session'" if fields else "with at most 'session'"
+            raise RequestError(400, f"body must be an object {wanted}, nothing else")
         session = body.get("session") or self.default_session
         if not isinstance(session, str):
             raise RequestError(400, "session must be a string")
@@ -380,6 +383,12 @@ class WebRtcServer:
         source, _ = self._admit(request, body["session"], need="control")
         utterance = await source.say(text)
         return web.json_response({"utterance": utterance}, status=202)
+
+    async def _interrupt(self, request: web.Request) -> web.StreamResponse:
+        body = await self._body(request, set())
+        source, claims = self._admit(request, body["session"], need="control")
+        cut = await source.interrupt(f"http:{claims.subject}")
+        return web.json_response({"interrupted": sorted(cut)})
 
     async def _ask(self, request: web.Request) -> web.StreamResponse:
         body = await self._body(request, {"text"})

@@ -1,0 +1,167 @@
+"""``anchor bench soak``: sessions reading the news for minutes, on the live anchor's real graph.
+
+Each session runs ``anchor run``'s graph (default voice and face, the idle
+look) with its own news desk; all desks share one SQLite file, one row set
+per session. A receiver per session checks the program it gets:
+
+- ``max_gap_ms``: the longest run of silence inside one utterance (between
+  two audio frames of the same sentence), which must stay <= 40 ms;
+- memory: resident set size every 10 s; ``growth_after_first_minute_mb``;
+- release: tasks, threads and open descriptors after the sessions closed,
+  against before they opened.
+
+Half way through, the last session is asked a question whose responder
+fails (an LLM endpoint nobody listens on): it must show an ``error`` event
+and go back to reading, and the others must not notice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from anchor.config import AnchorSettings, LlmSettings
+from anchor.face.look import PortraitLook
+from anchor.live import anchor_graph, default_portrait
+from anchor.news.desk import NewsDesk
+from anchor.news.store import NewsItem, NewsQueue
+from anchor.pacer import Subscription
+from anchor.responders.answer import Answerer, Responder
+from anchor.responders.llm import LlmAnswerer
+from anchor.runtime import Runtime
+from anchor.session import EventStream
+from anchor.stage import StageContext
+
+STORY = (
+    "Officials confirmed the new schedule on Monday. Trains will run every ten minutes during the day. "
+    "Night services start next month, after a trial on two lines. Passengers welcomed the change. "
+    "The city expects fewer cars downtown. Work on the stations continues through the summer."
+)
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def _broken_llm(ctx: StageContext) -> Answerer:
+    return LlmAnswerer(LlmSettings(base_url="http://127.0.0.1:9/v1", retries=0))
+
+
+class GapWatch:
+    """Silence inside utterances, as a receiver of the paced program sees it."""
+
+    def __init__(self, frame_ms: float) -> None:
+        self.frame_ms = frame_ms
+        self.max_gap_ms = 0.0
+        self.gaps_over_40ms = 0
+        self.frames = 0
+        self._last_uid = ""
+        self._silent = 0
+
+    async def watch(self, sub: Subscription) -> None:
+        while (chunk := await sub.next_audio()) is not None:
+            self.frames += 1
+            uid = chunk.utterance_id
+            if not uid:
+                self._silent += 1
+                continue
+            if uid == self._last_uid and self._silent:
+                gap = self._silent * self.frame_ms
+                self.max_gap_ms = max(self.max_gap_ms, gap)
+                self.gaps_over_40ms += gap > 40
+            self._last_uid, self._silent = uid, 0
+
+
+class EventTally:
+    def __init__(self) -> None:
+        self.kinds: dict[str, int] = {}
+        self.errors: list[str] = []
+
+    async def count(self, events: EventStream) -> None:
+        async for event in events:
+            self.kinds[event.kind] = self.kinds.get(event.kind, 0) + 1
+            if event.kind == "error" and len(self.errors) < 5:
+                self.errors.append(event.detail)
+
+
+async def bench_soak(settings: AnchorSettings, *, minutes: float = 10.0, sessions: int = 2) -> dict[str, Any]:
+    portrait = await asyncio.to_thread(default_portrait, settings)
+    frame_ms = float(settings.media.audio_frame_ms)
+    before = {"tasks": len(asyncio.all_tasks()), "threads": threading.active_count(), "fds": _open_fds()}
+    with tempfile.TemporaryDirectory() as tmp:
+        database = Path(tmp) / "news.sqlite3"
+        async with Runtime(settings) as runtime:
+            opened = []
+            for n in range(sessions):
+                responder = Responder({"llm": _broken_llm}, "llm" if n == sessions - 1 else "off")
+                session = await runtime.open_session(
+                    anchor_graph(portrait, settings.media.fps, responder),
+                    session_id=f"soak{n}",
+                    look=PortraitLook(portrait),
+                )
+                queue = NewsQueue(database, session.id)
+                await queue.open()
+                desk = NewsDesk(session, queue)
+                for k in range(int(minutes * 4) + 4):
+                    await desk.enqueue(NewsItem(f"Transport update {k + 1}", STORY))
+                watch = GapWatch(frame_ms)
+                sub = session.subscribe(audio_ms=2000, video_frames=50)
+                opened.append((session, queue, desk, watch, sub, EventTally()))
+            tasks = [asyncio.ensure_future(desk.run()) for _, _, desk, *_ in opened]
+            tasks += [asyncio.ensure_future(watch.watch(sub)) for *_, watch, sub, _ in opened]
+            tasks += [asyncio.ensure_future(tally.count(s.events())) for s, *_, tally in opened]
+            memory: list[tuple[float, float]] = []
+            began = time.monotonic()
+            failure: dict[str, Any] = {}
+            try:
+                while (elapsed := time.monotonic() - began) < minutes * 60:
+                    memory.append((round(elapsed, 1), round(_rss_mb(), 1)))
+                    if not failure and elapsed >= minutes * 30:
+                        victim = opened[-1][0]
+                        failure["asked"] = await victim.ask("What happens next?")
+                        failure["asked_at_s"] = round(elapsed, 1)
+                    await asyncio.sleep(10)
+                memory.append((round(time.monotonic() - began, 1), round(_rss_mb(), 1)))
+            finally:
+                for task in tasks[: len(opened)]:
+                    task.cancel()
+                await asyncio.gather(*tasks[: len(opened)], return_exceptions=True)
+                results = []
+                for session, queue, _desk, watch, sub, tally in opened:
+                    results.append(
+                        {
+                            "session": session.id,
+                            "max_gap_ms": watch.max_gap_ms,
+                            "gaps_over_40ms": watch.gaps_over_40ms,
+                            "audio_frames": watch.frames,
+                            "sentences_finished": tally.kinds.get("utterance_finished", 0),
+                            "errors": tally.errors,
+                        }
+                    )
+                    session.unsubscribe(sub)
+                    await session.aclose()
+                    await queue.aclose()
+                await asyncio.gather(*tasks, return_exceptions=True)
+    await asyncio.sleep(0.5)
+    after = {"tasks": len(asyncio.all_tasks()), "threads": threading.active_count(), "fds": _open_fds()}
+    after_first_minute = [mb for t, mb in memory if t >= 60] or [memory[-1][1]]
+    return {
+        "minutes": minutes,
+        "sessions": results,
+        "failure_injected": failure,
+        "memory_mb": memory,
+        "growth_after_first_minute_mb": round(max(after_first_minute) - after_first_minute[0], 1),
+        "before": before,
+        "after_close": after,
+    }
