@@ -173,6 +173,27 @@ async def serve(
             await queue.aclose()
 
 
+async def while_serving(settings: AnchorSettings, check: Callable[[LiveAnchor], Awaitable[None]]) -> None:
+    """Serve the anchor, await ``check`` once it is ready, then shut it down; errors of either re-raised."""
+    checked = asyncio.Event()
+
+    async def ready(live: LiveAnchor) -> None:
+        await check(live)
+        checked.set()
+
+    loop = asyncio.get_running_loop()
+    task = loop.create_task(serve(settings, ready), name="anchor:serve")
+    waiter = loop.create_task(checked.wait(), name="anchor:checked")
+    try:
+        await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        task.cancel()
+        waiter.cancel()
+        outcome, _ = await asyncio.gather(task, waiter, return_exceptions=True)
+    if isinstance(outcome, Exception):
+        raise outcome
+
+
 def run_forever(settings: AnchorSettings, outputs: Sequence[Path | str] = ()) -> int:
     """``anchor run``: serve until Ctrl-C or SIGTERM, then shut down cleanly."""
 

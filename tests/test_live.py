@@ -13,7 +13,7 @@ import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from anchor import AnchorSettings
-from anchor.live import LiveAnchor, serve
+from anchor.live import LiveAnchor, while_serving
 from anchor.offline import join_audio, render_text
 from anchor.quality import word_error_rate
 from anchor.responders.faq import load_faq
@@ -26,25 +26,9 @@ async def while_live(
     check: Callable[[LiveAnchor], Awaitable[None]], news: Path, timeout_s: float = 90
 ) -> None:
     """Serve ``anchor run`` on a free port (news queue in ``news``), run ``check``, shut it down (re-raising)."""
-    checked = asyncio.Event()
-
-    async def ready(live: LiveAnchor) -> None:
-        await check(live)
-        checked.set()
-
-    loop = asyncio.get_running_loop()
     settings = AnchorSettings(webrtc={"port": 0}, news={"database": news})  # type: ignore[arg-type]
-    task = loop.create_task(serve(settings, ready))
-    waiter = loop.create_task(checked.wait())
-    try:
-        async with asyncio.timeout(timeout_s):
-            await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        task.cancel()
-        waiter.cancel()
-        outcome, _ = await asyncio.gather(task, waiter, return_exceptions=True)
-    if isinstance(outcome, Exception):
-        raise outcome
+    async with asyncio.timeout(timeout_s):
+        await while_serving(settings, check)
 
 
 async def test_the_live_anchor_serves_speaks_and_stops(tmp_path: Path) -> None:

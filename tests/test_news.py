@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -36,11 +37,12 @@ def test_items_rank_by_cue_then_priority_then_arrival(tmp_path: Path) -> None:
         assert store.add("s", item(title, priority=priority))
     assert not store.add("s", item("a")), "the same script is queued once"
     assert store.add("other", item("x", priority=9))
+    assert store.add("other", item("a")), "another session queues the same script as its own"
     assert [i.title for i in store.pending("s")] == ["b", "d", "a", "c"]
     c = next(i for i in store.pending("s") if i.title == "c")
     store.cue("s", c.id)
     assert [i.title for i in store.pending("s")] == ["c", "b", "d", "a"]
-    store.finish(c.id, "skipped")
+    store.finish("s", c.id, "skipped")
     with pytest.raises(NewsError, match="cannot be cued: it is skipped"):
         store.cue("s", c.id)
     with pytest.raises(NewsError, match="cannot be cued: it is unknown"):
@@ -54,9 +56,9 @@ def test_the_reading_position_survives_a_restart(tmp_path: Path) -> None:
     store.add("s", item("a"))
     a = store.next("s")
     assert a is not None
-    store.begin(a.id)
-    store.advance(a.id, 3)
-    store.advance(a.id, 2)  # a late, older position never moves it back
+    store.begin("s", a.id)
+    store.advance("s", a.id, 3)
+    store.advance("s", a.id, 2)  # a late, older position never moves it back
     store.close()
     again = NewsStore(tmp_path / "news.db")
     resumed = again.next("s")
@@ -82,6 +84,14 @@ def test_a_bad_item_is_refused_with_the_reason(tmp_path: Path, bad: NewsItem, me
         store.add("s", bad)
     assert store.pending("s") == []
     store.close()
+
+
+def test_a_database_of_another_schema_version_is_refused(tmp_path: Path) -> None:
+    NewsStore(tmp_path / "news.db").close()
+    with sqlite3.connect(tmp_path / "news.db") as db:
+        db.execute("PRAGMA user_version = 7")
+    with pytest.raises(NewsError, match="has schema version 7; this anchor reads 1"):
+        NewsStore(tmp_path / "news.db")
 
 
 def test_a_file_that_is_not_a_database_is_refused(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from anchor.config import AnchorSettings
-from anchor.live import LiveAnchor, serve
+from anchor.live import LiveAnchor, while_serving
 from anchor.stats import summarize
 
 TARGETS: dict[str, tuple[str, float, str]] = {
@@ -26,14 +26,20 @@ TARGETS: dict[str, tuple[str, float, str]] = {
     "first_mouth_frame_ms": ("p50", float("nan"), "end of viewer speech -> first mouth-moving frame"),
     "news_to_audio_ms": ("p50", 300.0, "news command -> first audio packet"),
     "interrupt_to_silence_ms": ("p95", 250.0, "interrupt -> silence at the receiver"),
-    "av_offset_ms": ("max_abs", 40.0, "first mouth frame - first reply audio, at the receiver"),
+    "av_offset_ms": (
+        "max_abs",
+        40.0,
+        "mouth opening's lag behind the audio envelope, RTP/sender-report time",
+    ),
+    "av_arrival_skew_ms": ("max_abs", float("nan"), "first mouth frame - first reply audio, by arrival"),
 }
 
 
-async def _run_viewer(url: str, rounds: int, out: Path) -> None:
+async def _run_viewer(url: str, rounds: int, size: tuple[int, int], out: Path) -> None:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "anchor.bench.viewer", url, "--rounds", str(rounds), "--out", str(out)
-    )
+        sys.executable, "-m", "anchor.bench.viewer", url, "--rounds", str(rounds), "--out", str(out),
+        "--size", str(size[0]), str(size[1]),
+    )  # fmt: skip
     try:
         code = await process.wait()
     except asyncio.CancelledError:
@@ -50,22 +56,11 @@ async def bench_e2e(settings: AnchorSettings, *, rounds: int = 6) -> dict[str, A
         news = settings.news.model_copy(update={"database": Path(tmp) / "news.sqlite3"})
         webrtc = settings.webrtc.model_copy(update={"port": 0, "host": "127.0.0.1"})
         settings = settings.model_copy(update={"news": news, "webrtc": webrtc})
-        done = asyncio.Event()
 
-        async def ready(live: LiveAnchor) -> None:
-            await _run_viewer(live.server.url, rounds, out)
-            done.set()
+        async def view(live: LiveAnchor) -> None:
+            await _run_viewer(live.server.url, rounds, (settings.media.width, settings.media.height), out)
 
-        task = asyncio.get_running_loop().create_task(serve(settings, ready))
-        waiter = asyncio.get_running_loop().create_task(done.wait())
-        try:
-            await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            task.cancel()
-            waiter.cancel()
-            outcome, _ = await asyncio.gather(task, waiter, return_exceptions=True)
-        if isinstance(outcome, Exception):
-            raise outcome
+        await while_serving(settings, view)
         measured = json.loads(out.read_text())
     stages: dict[str, Any] = {}
     for name, (statistic, target, meaning) in TARGETS.items():

@@ -5,8 +5,8 @@ sentence to read and moves only after a sentence was spoken to its end. A
 restart therefore resumes the item being read at its current sentence, with
 nothing lost and nothing read twice. Items are ranked by ``cue`` (an
 operator's "read this next"), then priority, then arrival. Every row carries
-its session id, so one database (later a shared one) can serve many
-sessions and many processes.
+its session id (ids are unique per session), so one database (later a
+shared one) can serve many sessions and many processes.
 
 SQLite calls block: the async wrapper ``NewsQueue`` runs them on one
 dedicated thread, which also serialises them.
@@ -33,10 +33,11 @@ MAX_TITLE = 200
 MAX_BODY = 20_000
 MAX_PRIORITY = 10
 
+SCHEMA_VERSION = 1
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS news_items (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
+    id TEXT NOT NULL,
     session TEXT NOT NULL,
     title TEXT NOT NULL,
     body TEXT NOT NULL,
@@ -46,7 +47,8 @@ CREATE TABLE IF NOT EXISTS news_items (
     sentence INTEGER NOT NULL DEFAULT 0,
     source TEXT NOT NULL,
     added_at REAL NOT NULL,
-    finished_at REAL
+    finished_at REAL,
+    UNIQUE (session, id)
 );
 CREATE TABLE IF NOT EXISTS news_files (
     session TEXT NOT NULL,
@@ -156,7 +158,14 @@ class NewsStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA busy_timeout=5000")
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (0, SCHEMA_VERSION):
+                self._db.close()
+                raise NewsError(
+                    f"news database {target} has schema version {version}; this anchor reads {SCHEMA_VERSION}"
+                )
             self._db.executescript(_SCHEMA)
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
             raise NewsError(f"news database {target} cannot be used: {exc}") from exc
 
@@ -173,8 +182,10 @@ class NewsStore:
         )
         return cursor.rowcount == 1
 
-    def get(self, item_id: str) -> StoredItem | None:
-        row = self._db.execute(f"SELECT {_COLUMNS} FROM news_items WHERE id = ?", (item_id,)).fetchone()
+    def get(self, session: str, item_id: str) -> StoredItem | None:
+        row = self._db.execute(
+            f"SELECT {_COLUMNS} FROM news_items WHERE session = ? AND id = ?", (session, item_id)
+        ).fetchone()
         return _row(row) if row else None
 
     def next(self, session: str) -> StoredItem | None:
@@ -199,34 +210,39 @@ class NewsStore:
         ).fetchall()
         return [_row(r) for r in rows]
 
-    def begin(self, item_id: str) -> None:
+    def begin(self, session: str, item_id: str) -> None:
         self._db.execute(
-            "UPDATE news_items SET state = 'reading' WHERE id = ? AND state = 'queued'", (item_id,)
+            "UPDATE news_items SET state = 'reading' WHERE session = ? AND id = ? AND state = 'queued'",
+            (session, item_id),
         )
 
-    def advance(self, item_id: str, sentence: int) -> None:
+    def advance(self, session: str, item_id: str, sentence: int) -> None:
         """Record that every sentence before ``sentence`` was spoken."""
         self._db.execute(
-            "UPDATE news_items SET sentence = ? WHERE id = ? AND sentence < ?", (sentence, item_id, sentence)
+            "UPDATE news_items SET sentence = ? WHERE session = ? AND id = ? AND sentence < ?",
+            (sentence, session, item_id, sentence),
         )
 
-    def finish(self, item_id: str, state: Literal["done", "skipped"]) -> bool:
+    def finish(self, session: str, item_id: str, state: Literal["done", "skipped"]) -> bool:
         cursor = self._db.execute(
-            f"UPDATE news_items SET state = ?, cue = 0, finished_at = ? WHERE id = ? AND {_OPEN}",
-            (state, time.time(), item_id),
+            "UPDATE news_items SET state = ?, cue = 0, finished_at = ? "
+            f"WHERE session = ? AND id = ? AND {_OPEN}",
+            (state, time.time(), session, item_id),
         )
         return cursor.rowcount == 1
 
     def cue(self, session: str, item_id: str) -> None:
         """Rank ``item_id`` above every other open item of ``session``, or ``NewsError``."""
-        item = self.get(item_id)
+        item = self.get(session, item_id)
         if item is None or item.state not in ("queued", "reading"):
             state = "unknown" if item is None else item.state
             raise NewsError(f"news item {item_id!r} cannot be cued: it is {state}")
         top = self._db.execute(
             f"SELECT COALESCE(MAX(cue), 0) FROM news_items WHERE session = ? AND {_OPEN}", (session,)
         ).fetchone()[0]
-        self._db.execute("UPDATE news_items SET cue = ? WHERE id = ?", (int(top) + 1, item_id))
+        self._db.execute(
+            "UPDATE news_items SET cue = ? WHERE session = ? AND id = ?", (int(top) + 1, session, item_id)
+        )
 
     def file_signature(self, session: str, path: str) -> str | None:
         """The content hash of ``path`` when it was last imported, if it was."""
@@ -293,16 +309,16 @@ class NewsQueue:
         return await self._call(self.store.next, self.session)
 
     async def get(self, item_id: str) -> StoredItem | None:
-        return await self._call(self.store.get, item_id)
+        return await self._call(self.store.get, self.session, item_id)
 
     async def begin(self, item_id: str) -> None:
-        await self._call(self.store.begin, item_id)
+        await self._call(self.store.begin, self.session, item_id)
 
     async def advance(self, item_id: str, sentence: int) -> None:
-        await self._call(self.store.advance, item_id, sentence)
+        await self._call(self.store.advance, self.session, item_id, sentence)
 
     async def finish(self, item_id: str, state: Literal["done", "skipped"]) -> bool:
-        done = await self._call(self.store.finish, item_id, state)
+        done = await self._call(self.store.finish, self.session, item_id, state)
         await self._call(self.store.forget_finished, self.session, 200)
         self.changed.set()
         return done
