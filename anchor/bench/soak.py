@@ -6,7 +6,8 @@ per session. A receiver per session checks the program it gets:
 
 - ``max_gap_ms``: the longest run of silence inside one utterance (between
   two audio frames of the same sentence), which must stay <= 40 ms;
-- memory: resident set size every 10 s; ``growth_after_first_minute_mb``;
+- memory: resident set size every 10 s; after the first minute its range
+  and least-squares slope;
 - release: tasks, threads and open descriptors after the sessions closed,
   against before they opened.
 
@@ -24,6 +25,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from anchor.config import AnchorSettings, LlmSettings
 from anchor.face.look import PortraitLook
@@ -81,6 +84,19 @@ class GapWatch:
                 self.max_gap_ms = max(self.max_gap_ms, gap)
                 self.gaps_over_40ms += gap > 40
             self._last_uid, self._silent = uid, 0
+
+
+def memory_trend(memory: list[tuple[float, float]]) -> dict[str, float]:
+    """RSS after the first minute: its range, and its least-squares slope (MB per minute)."""
+    kept = [(t, mb) for t, mb in memory if t >= 60] or memory[-1:]
+    times = np.array([t / 60 for t, _ in kept])
+    sizes = np.array([mb for _, mb in kept])
+    slope = float(np.polyfit(times, sizes, 1)[0]) if len(kept) > 2 else 0.0
+    return {
+        "min_mb": float(sizes.min()),
+        "max_mb": float(sizes.max()),
+        "slope_mb_per_min": round(slope, 2),
+    }
 
 
 class EventTally:
@@ -155,13 +171,12 @@ async def bench_soak(settings: AnchorSettings, *, minutes: float = 10.0, session
                 await asyncio.gather(*tasks, return_exceptions=True)
     await asyncio.sleep(0.5)
     after = {"tasks": len(asyncio.all_tasks()), "threads": threading.active_count(), "fds": _open_fds()}
-    after_first_minute = [mb for t, mb in memory if t >= 60] or [memory[-1][1]]
     return {
         "minutes": minutes,
         "sessions": results,
         "failure_injected": failure,
         "memory_mb": memory,
-        "growth_after_first_minute_mb": round(max(after_first_minute) - after_first_minute[0], 1),
+        "memory_after_first_minute": memory_trend(memory),
         "before": before,
         "after_close": after,
     }
