@@ -8,6 +8,9 @@
   "bank-raised" only appends what follows), so a partial never takes a word back.
 - ``Transcript(final=True)`` at end of speech, with word timings (ms since
   the stream began), unless Whisper's own confidence says it heard nothing.
+  The final is decoded from the first quiet window on, while the VAD waits
+  ``vad_end_ms`` (350 ms) to confirm the end; no partial starts in that time,
+  since the one decoder would queue the final behind it.
 
 VAD runs on every chunk, on the event loop itself (about 1.4 ms per 32 ms
 window): barge-in must not queue behind Whisper decodes that hold the
@@ -76,7 +79,7 @@ class SpeechRecognizer(Stage):
         *,
         partial_ms: float = 500.0,
         max_utterance_s: float = 30.0,
-        vad_end_ms: float = 500.0,
+        vad_end_ms: float = 350.0,
     ) -> None:
         super().__init__(name)
         self.partial_samples = int(partial_ms * RATE / 1000)
@@ -137,7 +140,12 @@ class SpeechRecognizer(Stage):
         partial = self._take_partial()
         if partial is not None:
             yield partial
-        if self._stream >= self._next_partial and (self._decoding is None or self._decoding.done()):
+        quiet = self._speculation is not None  # the final is being decoded: a partial would only delay it
+        if (
+            not quiet
+            and self._stream >= self._next_partial
+            and (self._decoding is None or self._decoding.done())
+        ):
             self._next_partial = self._stream + self.partial_samples
             snapshot = self._utterance_audio(self._stream)
             self._decoding = asyncio.get_running_loop().create_task(

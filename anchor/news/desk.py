@@ -76,9 +76,9 @@ class NewsDesk:
     async def skip(self) -> str:
         """Stop reading the current item for good; returns its id, or ``NewsError`` when none is read."""
         item = self.current
-        if item is None:
+        if item is None or not await self.queue.finish(item.id, "skipped"):
             raise NewsError("no news item is being read")
-        await self.queue.finish(item.id, "skipped")
+        self.current = None
         self.session.announce("news", f"skipped {item.id}")
         if self._speaking:
             await self.session.cancel(self._speaking, "news skip")
@@ -108,11 +108,11 @@ class NewsDesk:
 
     # -- the reading loop ----------------------------------------------------------
     async def run(self) -> None:
-        """Read until cancelled (the owner cancels it when the session closes)."""
+        """Read until cancelled or the session closes."""
         events = self.session.events()
         watcher = asyncio.get_running_loop().create_task(self._watch(events), name="news-desk:watch")
         try:
-            while True:
+            while self.session.state == "running":
                 await self._wait_until_clear()
                 item = await self.queue.next()
                 if item is None:
