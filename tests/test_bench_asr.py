@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from anchor.bench.asr import add_noise, espeak
+from anchor.bench.asr import add_noise
+from anchor.bench.voices import espeak
 
 
 def test_espeak_voices_are_16k_speech_of_plausible_length() -> None:

@@ -12,20 +12,17 @@ torch and onnxruntime (fp32, kv-cache greedy decoding).
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from anchor.bench.voices import espeak
 from anchor.config import AnchorSettings
 from anchor.frames import AudioChunk, SpeechStarted, Transcript
 from anchor.listen.recognizer import SpeechRecognizer
-from anchor.offline import join_audio, read_wav, render_text
+from anchor.offline import join_audio, render_text
 from anchor.quality import word_error_rate
 from anchor.runtime import Runtime
 from anchor.speech.resample import resample
@@ -46,18 +43,6 @@ SENTENCES = [
 ]
 ESPEAK_VOICES = [("espeak_s140_p35", 140, 35), ("espeak_s175_p50", 175, 50), ("espeak_s210_p70", 210, 70)]
 SNRS = {"clean": None, "snr20": 20.0, "snr10": 10.0}
-
-
-def espeak(text: str, speed: int, pitch: int) -> npt.NDArray[np.float32]:
-    if shutil.which("espeak-ng") is None:
-        raise RuntimeError("espeak-ng is not installed (Debian package espeak-ng)")
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "s.wav"
-        subprocess.run(
-            ["espeak-ng", "-v", "en-us", "-s", str(speed), "-p", str(pitch), "-w", str(out), text], check=True
-        )
-        audio, rate = read_wav(out)
-    return resample(audio[:, 0], rate, 16000)
 
 
 def add_noise(

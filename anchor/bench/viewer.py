@@ -31,10 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -51,6 +48,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver, RTCSessi
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, MediaStreamTrack
 from aiortc.rtp import RtcpSrPacket
 
+from anchor.bench.voices import espeak
 from anchor.face.animator import mouth_opening
 from anchor.face.look import PortraitLook
 from anchor.face.portrait import Portrait, default_image, fit, make_portrait
@@ -68,23 +66,6 @@ QUESTIONS = [
 ]
 SPEECH_RMS = 0.004  # received audio above this is speech (idle is digital silence)
 QUIET_S = 0.1
-
-
-def espeak(text: str) -> npt.NDArray[np.float32]:
-    """``text`` spoken by Debian's espeak-ng, 48 kHz mono float."""
-    binary = shutil.which("espeak-ng")
-    if binary is None:
-        raise RuntimeError("the synthetic viewer needs espeak-ng (Debian package espeak-ng)")
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "q.wav"
-        subprocess.run([binary, "-v", "en-us", "-s", "165", "-w", str(path), text], check=True)
-        with av.open(str(path)) as container:
-            stream = container.streams.audio[0]
-            rate = stream.rate
-            pcm = np.concatenate([f.to_ndarray().reshape(-1) for f in container.decode(stream)])
-    if pcm.dtype == np.int16:
-        pcm = pcm.astype(np.float32) / 32768
-    return resample(pcm.astype(np.float32), rate, 48000)
 
 
 class Mouthpiece(AudioStreamTrack):
@@ -287,7 +268,7 @@ async def measure(url: str, rounds: int, size: tuple[int, int]) -> dict[str, Any
     reception = Reception(portrait)
     limit = idle_opening_limit(portrait)
     mic = Mouthpiece()
-    clips = [espeak(q) for q in QUESTIONS]
+    clips = [resample(espeak(q, 165, 50), 16000, 48000) for q in QUESTIONS]
     allow_loopback_candidates()
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     pc.addTransceiver("video", direction="recvonly")
