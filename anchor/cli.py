@@ -230,30 +230,25 @@ def _cmd_transcribe(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     settings = _settings(args)
-    if not args.stream and args.backend != "ctranslate2":
-        from engines.asr.whisper_parts import WhisperGreedy
-
-        speech = InputConditioner(16000)(AudioChunk(pcm=np.ascontiguousarray(audio), sample_rate=rate))
-        whisper = WhisperGreedy(settings.engines, args.backend)
-        try:
-            text = whisper.transcribe(speech[: 30 * 16000])
-        finally:
-            whisper.close()
-        print(json.dumps({"text": text, "backend": args.backend}) if args.json else text)
-        return 0
     if not args.stream:
-        chunk = AudioChunk(pcm=np.ascontiguousarray(audio), sample_rate=rate)
-        result = CT2Whisper().recognize(InputConditioner(16000)(chunk))
+        speech = InputConditioner(16000)(AudioChunk(pcm=np.ascontiguousarray(audio), sample_rate=rate))
+        if args.backend == "ctranslate2":
+            result = CT2Whisper().recognize(speech)
+        else:
+            from engines.asr.whisper_parts import WhisperGreedy
+
+            whisper = WhisperGreedy(settings.engines, args.backend)
+            try:
+                result = whisper.recognize(speech[: 30 * 16000])
+            finally:
+                whisper.close()
         words = [
             {"word": w.text, "start_ms": round(1000 * w.start_s), "end_ms": round(1000 * w.end_s)}
             for w in result.words
         ]
         if args.json:
-            print(
-                json.dumps(
-                    {"text": result.text, "words": words, "no_speech_prob": result.no_speech_prob}, indent=2
-                )
-            )
+            report = {"text": result.text, "words": words, "no_speech_prob": result.no_speech_prob}
+            print(json.dumps({**report, "backend": args.backend}, indent=2))
         else:
             print(result.text)
         return 0

@@ -13,6 +13,7 @@ load (``engines.asr.convert``), or any openai-whisper ``.pt``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
@@ -22,8 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engines.asr.alignment import alignment_heads, word_timings
 from engines.asr.convert import ct2_to_openai
 from engines.asr.ct2_reader import read_ct2
+from engines.asr.ct2_whisper import Recognition
 from engines.engine import open_engine
 from engines.models.whisper import Attention, Block, TextDecoder, Whisper, WhisperDims, load_whisper
 from engines.settings import EngineSettings
@@ -61,8 +64,8 @@ def _heads(x: torch.Tensor, n_head: int) -> torch.Tensor:
 
 def _attend(
     attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
-) -> torch.Tensor:
-    """Whisper attention on already-projected q, k, v ``[B, T, C]``."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Whisper attention on projected q, k, v ``[B, T, C]``: the output, and the scores ``[B, H, T, S]``."""
     h = attn.n_head
     scale = (q.shape[-1] // h) ** -0.25
     scores = (_heads(q, h) * scale) @ (_heads(k, h) * scale).transpose(-1, -2)
@@ -70,7 +73,7 @@ def _attend(
         scores = scores + mask
     weights = F.softmax(scores.float(), dim=-1).to(q.dtype)
     out: torch.Tensor = attn.out((weights @ _heads(v, h)).permute(0, 2, 1, 3).flatten(start_dim=2))
-    return out
+    return out, scores
 
 
 class EncoderPart(nn.Module):
@@ -107,7 +110,7 @@ class DecoderPart(nn.Module):
         self_v: torch.Tensor,
         cross_k: torch.Tensor,
         cross_v: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         d = self.decoder
         past, n = self_k.shape[2], tokens.shape[1]
         x = d.token_embedding(tokens) + d.positional_embedding[past : past + n]
@@ -115,20 +118,28 @@ class DecoderPart(nn.Module):
         cols = torch.arange(past + n, device=x.device)[None, :]
         rows = torch.arange(n, device=x.device)[:, None] + past
         mask = torch.where(cols > rows, float("-inf"), 0.0)
-        new_k, new_v = [], []
+        new_k, new_v, cross_qk = [], [], []
         for i, (block, cross) in enumerate(_decoder_blocks(d)):
             h = block.attn_ln(x)
             k = torch.cat([self_k[i], block.attn.key(h)], 1)
             v = torch.cat([self_v[i], block.attn.value(h)], 1)
             new_k.append(k)
             new_v.append(v)
-            x = x + _attend(block.attn, block.attn.query(h), k, v, mask)
+            x = x + _attend(block.attn, block.attn.query(h), k, v, mask)[0]
             h = cast(nn.Module, block.cross_attn_ln)(x)
-            x = x + _attend(cross, cross.query(h), cross_k[i], cross_v[i], None)
+            attended, scores = _attend(cross, cross.query(h), cross_k[i], cross_v[i], None)
+            cross_qk.append(scores.float())
+            x = x + attended
             x = x + block.mlp(block.mlp_ln(x))
         x = d.ln(x)
         logits = (x @ d.token_embedding.weight.T).float()
-        return logits, torch.stack(new_k), torch.stack(new_v)
+        return logits, torch.stack(new_k), torch.stack(new_v), torch.stack(cross_qk)
+
+
+def _softmax(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    e = np.exp(x - x.max())
+    out: npt.NDArray[np.float64] = e / e.sum()
+    return out
 
 
 def _samples(
@@ -142,7 +153,7 @@ def _samples(
 def whisper_specs(weights: WeightsSource | None = None) -> dict[str, EngineSpec]:
     source = weights or TINY_EN
     axes = {"batch": Dim(1, 1, 8), "new": Dim(1, 2, 4), "past": Dim(0, 8, 447), "grown": Dim(1, 10, 448)}
-    layers, c, ctx = 4, 384, 1500
+    layers, c, ctx, heads = 4, 384, 1500, 6
 
     def cache(name: str, steps: str) -> TensorSpec:
         return TensorSpec(name, "float32", (layers, "batch", steps, c))
@@ -174,7 +185,7 @@ def whisper_specs(weights: WeightsSource | None = None) -> dict[str, EngineSpec]
         ),
         "whisper-decoder": EngineSpec(
             name="whisper-decoder",
-            description="Whisper tiny.en decoder step with a self-attention cache",
+            description="Whisper tiny.en decoder step: self-attention cache, cross-attention scores",
             inputs=(
                 TensorSpec("tokens", "int64", ("batch", "new")),
                 cache("self_k", "past"),
@@ -185,6 +196,8 @@ def whisper_specs(weights: WeightsSource | None = None) -> dict[str, EngineSpec]
                 TensorSpec("logits", "float32", ("batch", "new", 51864)),
                 cache("new_self_k", "grown"),
                 cache("new_self_v", "grown"),
+                # Cross-attention scores of the new tokens (before softmax): word timing by alignment.
+                TensorSpec("cross_qk", "float32", (layers, "batch", heads, "new", ctx)),
             ),
             axes=axes,
             weights=source,
@@ -193,6 +206,14 @@ def whisper_specs(weights: WeightsSource | None = None) -> dict[str, EngineSpec]
             rtol_fp32=2e-4,
         ),
     }
+
+
+@dataclass
+class _Greedy:
+    tokens: list[int]
+    probs: list[float]  # of each chosen token, the end token's last
+    rows: list[npt.NDArray[np.float32]]  # alignment heads' cross-attention scores per decoder input
+    no_speech: float
 
 
 class WhisperGreedy:
@@ -216,8 +237,28 @@ class WhisperGreedy:
             HFTokenizer.from_file(str(model_dir / "tokenizer.json")), multilingual=False
         )
         self.features = FeatureExtractor(feature_size=80)
+        self.heads = alignment_heads(model_dir, layers=4, heads=6)
+
+    def recognize(self, audio: npt.NDArray[np.float32], max_tokens: int = 224) -> Recognition:
+        """Greedy text of the first 30 s of 16 kHz ``audio``, with word timings and confidence."""
+        decoded = self._greedy(audio, max_tokens)
+        t = self.tokenizer
+        scores = np.stack(decoded.rows, axis=1)  # [heads, tokens + 1, 1500]
+        words = word_timings(t, decoded.tokens, decoded.probs, scores, len(audio) // 320)
+        return Recognition(
+            text=str(t.decode(decoded.tokens)).strip(),
+            words=words,
+            no_speech_prob=decoded.no_speech,
+            avg_logprob=float(np.mean(np.log(np.maximum(decoded.probs, 1e-12)))),
+        )
 
     def tokens(self, audio: npt.NDArray[np.float32], max_tokens: int = 224) -> list[int]:
+        return self._greedy(audio, max_tokens).tokens
+
+    def transcribe(self, audio: npt.NDArray[np.float32]) -> str:
+        return self.recognize(audio).text
+
+    def _greedy(self, audio: npt.NDArray[np.float32], max_tokens: int) -> _Greedy:
         mel = self.features(audio)
         mel = np.pad(mel, ((0, 0), (0, max(0, 3000 - mel.shape[1]))))[None, :, :3000].astype(np.float32)
         features = self.encoder.run({"mel": mel})["features"]
@@ -227,6 +268,9 @@ class WhisperGreedy:
         keys: npt.NDArray[np.generic] = np.zeros((4, 1, 0, 384), dtype=np.float32)
         values = keys
         out: list[int] = []
+        probs: list[float] = []
+        rows: list[npt.NDArray[np.float32]] = []
+        no_speech = 0.0
         for _ in range(max_tokens):
             res = self.decoder.run(
                 {
@@ -237,15 +281,19 @@ class WhisperGreedy:
                     "cross_v": cross["cross_v"],
                 }
             )
-            token = int(res["logits"][0, -1].argmax())
+            logits = np.asarray(res["logits"][0], dtype=np.float64)
+            if not out and not rows:
+                no_speech = float(_softmax(logits[0])[t.no_speech])
+            qk = np.asarray(res["cross_qk"], dtype=np.float32)
+            rows.append(np.stack([qk[layer, 0, head, -1] for layer, head in self.heads]))
+            chances = _softmax(logits[-1])
+            token = int(chances.argmax())
+            probs.append(float(chances[token]))
             if token == t.eot:
                 break
             out.append(token)
             step, keys, values = np.asarray([[token]], dtype=np.int64), res["new_self_k"], res["new_self_v"]
-        return out
-
-    def transcribe(self, audio: npt.NDArray[np.float32]) -> str:
-        return str(self.tokenizer.decode(self.tokens(audio))).strip()
+        return _Greedy(out, probs, rows, no_speech)
 
     def close(self) -> None:
         for engine in (self.encoder, self.cross_kv, self.decoder):
