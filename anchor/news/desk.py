@@ -62,9 +62,7 @@ class NewsDesk:
     async def enqueue(self, item: NewsItem) -> tuple[str, bool]:
         item_id, added = await self.queue.add(item)
         if added:
-            stored = await self.queue.get(item_id)
-            title = stored.title if stored else item.title
-            self.session.announce("news", f"queued {item_id} p{item.priority}: {title[:120]}")
+            self.session.announce("news", f"queued {item_id} p{item.priority}: {item.title.strip()[:120]}")
         self._wake.set()
         return item_id, added
 
@@ -114,9 +112,11 @@ class NewsDesk:
         try:
             while self.session.state == "running":
                 await self._wait_until_clear()
+                # Cleared before looking, so an item queued while we look still wakes the wait.
+                self.queue.changed.clear()
                 item = await self.queue.next()
                 if item is None:
-                    await self._wait_for(self.queue.changed)
+                    await self.queue.changed.wait()
                     continue
                 await self._read_one_sentence(item)
         finally:
@@ -142,9 +142,7 @@ class NewsDesk:
             outcome = await self.session.outcome(uid)
         finally:
             self._speaking = ""
-        if outcome == "closed":
-            return
-        if outcome == "interrupted":
+        if outcome in ("closed", "interrupted"):
             return  # read this sentence again once it is clear (or never, if it was skipped)
         if outcome == "error":
             log.warning("news item %s: sentence %d failed; going on with the next", item.id, index)
@@ -167,17 +165,6 @@ class NewsDesk:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await self._wake.wait()
-
-    async def _wait_for(self, changed: asyncio.Event) -> None:
-        changed.clear()
-        self._wake.clear()
-        waits = [asyncio.ensure_future(changed.wait()), asyncio.ensure_future(self._wake.wait())]
-        try:
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waits:
-                w.cancel()
-            await asyncio.gather(*waits, return_exceptions=True)
 
     async def _watch(self, events: EventStream) -> None:
         """Hold reading while anything but the desk happens on the session."""

@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import re
+import time
 from pathlib import Path
 
 from anchor.news.desk import NewsDesk
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 
 SUFFIXES = (".txt", ".md", ".json")
 MAX_FILE_BYTES = 256 * 1024
+SETTLED_S = 2.0
 _PRIORITY = re.compile(r"^\s*priority\s*:\s*(\d+)\s*$", re.IGNORECASE)
 
 
@@ -99,12 +101,15 @@ def read_script(name: str, raw: bytes) -> list[NewsItem]:
     return parse_script(name, text)
 
 
-def _read_bytes(path: Path) -> bytes | None:
+def _read_signed(path: Path) -> tuple[bytes, str] | None:
+    """At most one byte more than a script may have (read_script refuses more), and its hash."""
     try:
-        return path.read_bytes()
+        with path.open("rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
     except OSError as exc:  # removed or unreadable between listing and reading: try at the next scan
         log.warning("news script %s cannot be read: %s", path, exc.strerror)
         return None
+    return raw, hashlib.sha256(raw).hexdigest()
 
 
 class ScriptFeed:
@@ -114,23 +119,41 @@ class ScriptFeed:
         self.desk = desk
         self.path = path
         self.poll_s = poll_s
+        self._seen: dict[Path, tuple[int, int]] = {}  # (mtime_ns, size) of settled files: not read again
 
-    def files(self) -> list[Path]:
+    def changed_files(self) -> list[Path]:
+        """Script files that are new or touched since the last scan (blocking: stat calls)."""
         if self.path.is_dir():
-            return sorted(
+            found = sorted(
                 p for p in self.path.iterdir() if p.suffix.lower() in SUFFIXES and not p.name.startswith(".")
             )
-        return [self.path] if self.path.is_file() else []
+        else:
+            found = [self.path] if self.path.is_file() else []
+        changed = []
+        for path in found:
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            key = (stat.st_mtime_ns, stat.st_size)
+            if self._seen.get(path) != key:
+                changed.append(path)
+                # A file touched in the last seconds may be written again within the same mtime tick
+                # (coarse clocks on some filesystems): look at it again until it has settled.
+                if time.time() - stat.st_mtime > SETTLED_S:
+                    self._seen[path] = key
+        return changed
 
     async def scan(self) -> int:
         """Import every new or changed file once; returns how many items were queued."""
         queued = 0
         queue = self.desk.queue
-        for path in await asyncio.to_thread(self.files):
-            raw = await asyncio.to_thread(_read_bytes, path)
-            if raw is None:
+        for path in await asyncio.to_thread(self.changed_files):
+            signed = await asyncio.to_thread(_read_signed, path)
+            if signed is None:
+                self._seen.pop(path, None)
                 continue
-            signature = hashlib.sha256(raw).hexdigest()
+            raw, signature = signed
             if await queue.file_signature(str(path)) == signature:
                 continue
             try:

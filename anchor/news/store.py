@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 T = TypeVar("T")
 
@@ -130,20 +130,9 @@ class StoredItem:
 _COLUMNS = "seq, id, title, body, priority, cue, state, sentence, source, added_at"
 
 
-def _row(row: tuple[object, ...]) -> StoredItem:
-    seq, item_id, title, body, priority, cue, state, sentence, source, added_at = row
-    return StoredItem(
-        int(str(seq)),
-        str(item_id),
-        str(title),
-        str(body),
-        int(str(priority)),
-        int(str(cue)),
-        state,  # type: ignore[arg-type]  # guarded by the table's CHECK constraint
-        int(str(sentence)),
-        str(source),
-        float(str(added_at)),
-    )
+def _row(row: tuple[Any, ...]) -> StoredItem:
+    """A row of ``_COLUMNS``; ``state`` is one of ``ItemState`` by the table's CHECK constraint."""
+    return StoredItem(*row)
 
 
 class NewsStore:
@@ -155,18 +144,23 @@ class NewsStore:
             Path(target).parent.mkdir(parents=True, exist_ok=True)
         try:
             self._db = sqlite3.connect(target, isolation_level=None, check_same_thread=False)
+        except sqlite3.DatabaseError as exc:
+            raise NewsError(f"news database {target} cannot be used: {exc}") from exc
+        try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA busy_timeout=5000")
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             if version not in (0, SCHEMA_VERSION):
-                self._db.close()
                 raise NewsError(
                     f"news database {target} has schema version {version}; this anchor reads {SCHEMA_VERSION}"
                 )
             self._db.executescript(_SCHEMA)
             self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, NewsError) as exc:
+            self._db.close()
+            if isinstance(exc, NewsError):
+                raise
             raise NewsError(f"news database {target} cannot be used: {exc}") from exc
 
     def close(self) -> None:

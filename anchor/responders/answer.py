@@ -11,7 +11,7 @@ a short memory of its questions and answers.
 
 from __future__ import annotations
 
-import logging
+import asyncio
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -19,8 +19,6 @@ from typing import Literal, Protocol
 
 from anchor.frames import Ask, EndOfUtterance, Frame, Say, TextDelta
 from anchor.stage import Stage, StageContext
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +59,7 @@ class Responder(Stage):
         self.choice = self._checked(choice)
         self.memory: deque[Turn] = deque(maxlen=2 * memory_turns)
         self._answerers: dict[str, Answerer] = {}
+        self._building = asyncio.Lock()  # a switch (MQTT) and a question may ask for the same one at once
 
     def _checked(self, choice: str) -> str:
         if choice not in self.choices:
@@ -85,10 +84,11 @@ class Responder(Stage):
         self.choice = choice
 
     async def _answerer(self, choice: str) -> Answerer:
-        answerer = self._answerers.get(choice)
-        if answerer is None:
-            answerer = self._answerers[choice] = await self.factories[choice](self.ctx)
-        return answerer
+        async with self._building:
+            answerer = self._answerers.get(choice)
+            if answerer is None:
+                answerer = self._answerers[choice] = await self.factories[choice](self.ctx)
+            return answerer
 
     async def process(self, frame: Frame) -> AsyncGenerator[Frame, None]:
         if isinstance(frame, Say):
