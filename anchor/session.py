@@ -200,7 +200,7 @@ class Session:
         utt = self.utterances.new(uninterruptible=uninterruptible)
         self.metrics.start(self.id, utt.id)
         self._publish(SessionEvent("utterance_started", utt.id, text[:200], origin=origin))
-        await self._run.push(Say(text=text, utterance_id=utt.id, uninterruptible=uninterruptible))
+        await self._open(Say(text=text, utterance_id=utt.id, uninterruptible=uninterruptible))
         return utt.id
 
     async def ask(self, question: str) -> str:
@@ -211,8 +211,16 @@ class Session:
         self._questions.add(utt.id)
         self._publish(SessionEvent("question", utt.id, question[:2000]))
         self._publish(SessionEvent("utterance_started", utt.id, ""))
-        await self._run.push(Ask(text=question, utterance_id=utt.id))
+        await self._open(Ask(text=question, utterance_id=utt.id))
         return utt.id
+
+    async def _open(self, frame: Say | Ask) -> None:
+        """Push the first frame of a new utterance; if no stage takes it, the utterance ends as an error."""
+        try:
+            await self._run.push(frame)
+        except ValueError as exc:
+            await self._cancel(frozenset({frame.utterance_id}), "error", str(exc))
+            raise
 
     async def outcome(self, utterance_id: str) -> str:
         """Wait for ``utterance_id`` to end: ``done``, ``interrupted``, ``error`` or ``closed``."""

@@ -394,7 +394,10 @@ class WebRtcServer:
         body = await self._body(request, {"text"})
         text = self._text(body, "text", MAX_SAY_CHARS)
         source, _ = self._admit(request, body["session"], need="talk")
-        utterance = await source.ask(text)
+        try:
+            utterance = await source.ask(text)
+        except ValueError as exc:  # the session's graph has no responder for questions
+            raise RequestError(409, f"session {body['session']!r} does not answer questions: {exc}") from None
         return web.json_response({"utterance": utterance}, status=202)
 
     def _newsroom(self, session: str) -> Newsroom:

@@ -195,6 +195,19 @@ async def test_bad_requests_get_precise_4xx_and_create_no_peer(edge: Edge) -> No
     assert not edge.server.peers and len(edge.session.pacer._subs) == subscribers
 
 
+async def test_a_question_to_a_session_that_cannot_answer_is_refused_and_leaves_nothing(edge: Edge) -> None:
+    events = edge.session.events()
+    status, reply = await post(edge.url, "/ask", json={"text": "who are you?"})
+    assert status == 409
+    assert reply["error"].startswith("session 'main' does not answer questions: no root stage accepts Ask")
+    assert not edge.session.utterances.live()
+    kinds = []
+    while len(kinds) < 3 and (event := await asyncio.wait_for(events.next(), 5)) is not None:
+        kinds.append((event.kind, event.detail))
+    events.close()
+    assert kinds[-1] == ("utterance_finished", "error")
+
+
 @pytest.mark.parametrize(
     "edge", [{"offers_per_minute": 3, "cors_origins": ["https://news.example"]}], indirect=True
 )
