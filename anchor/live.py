@@ -16,6 +16,7 @@ and a broadcast ingest.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import signal
@@ -27,7 +28,7 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from anchor.aio import TaskOwner
-from anchor.config import AnchorSettings, ResponderSettings
+from anchor.config import AnchorSettings, ConfigError, ResponderSettings
 from anchor.control import SessionControl
 from anchor.face.animator import MouthRenderer
 from anchor.face.look import PortraitLook
@@ -37,9 +38,9 @@ from anchor.graph import AUDIO_OUT, VIDEO_OUT, Graph
 from anchor.listen.recognizer import SpeechRecognizer
 from anchor.news.desk import DeskTiming, NewsDesk
 from anchor.news.scripts import ScriptFeed
-from anchor.news.store import NewsQueue
+from anchor.news.store import NewsError, NewsQueue
 from anchor.responders.answer import AnswererFactory, Responder
-from anchor.responders.faq import faq_answerer
+from anchor.responders.faq import FaqError, faq_answerer
 from anchor.responders.llm import llm_answerer
 from anchor.runtime import Runtime
 from anchor.speech.tts import PiperTTS
@@ -114,7 +115,8 @@ async def serve(
     settings = with_run_secret(settings)
     portrait = await asyncio.to_thread(default_portrait, settings)
     responder = live_responder(settings.responder)
-    async with Runtime(settings) as runtime:
+    # Each part is released (in reverse order) however far start-up got: a port in use, a bad broker.
+    async with Runtime(settings) as runtime, contextlib.AsyncExitStack() as parts:
         session = await runtime.open_session(
             anchor_graph(portrait, settings.media.fps, responder),
             session_id=SESSION,
@@ -123,6 +125,7 @@ async def serve(
         )
         queue = NewsQueue(settings.news.database, SESSION)
         await queue.open()
+        parts.push_async_callback(queue.aclose)
         desk = NewsDesk(session, queue, DeskTiming(resume_after_s=settings.news.resume_after_s))
         desk.on_air = settings.news.on_air
         owner = TaskOwner(
@@ -130,20 +133,26 @@ async def serve(
             settings.graph.cancel_timeout_s,
             lambda name, exc: session.announce("error", f"{name} failed: {type(exc).__name__}: {exc}"),
         )
+        parts.push_async_callback(owner.aclose)
         owner.spawn(desk.run(), "news-desk")
         if settings.news.scripts is not None:
             owner.spawn(ScriptFeed(desk, settings.news.scripts, settings.news.poll_s).run(), "news-scripts")
         server = WebRtcServer(
             settings.webrtc, {SESSION: session}, default_session=SESSION, newsrooms={SESSION: desk}
         )
-        await server.start()
-        commands = SessionControl(session, desk=desk, responder=responder)
-        control = MqttControl(settings.mqtt, commands) if settings.mqtt.url else None
-        if control is not None:
+        parts.push_async_callback(server.close)
+        try:
+            await server.start()
+        except OSError as exc:
+            where = f"{settings.webrtc.host}:{settings.webrtc.port}"
+            raise ConfigError(f"cannot serve the viewer page on {where}: {exc.strerror}") from None
+        if settings.mqtt.url:
+            control = MqttControl(settings.mqtt, SessionControl(session, desk=desk, responder=responder))
             control.start()
+            parts.push_async_callback(control.stop)
         media = settings.media
-        recorders = [
-            ProgramRecorder(
+        for target in outputs:
+            recorder = ProgramRecorder(
                 session.subscribe(audio_ms=2000, video_frames=2 * media.fps),
                 target,
                 width=media.width,
@@ -151,26 +160,15 @@ async def serve(
                 fps=media.fps,
                 sample_rate=media.sample_rate,
             )
-            for target in outputs
-        ]
-        try:
-            for recorder in recorders:
-                await recorder.start()
-            secret = settings.webrtc.jwt_secret
-            token = None
-            if secret is not None:
-                authority = TokenAuthority(secret.get_secret_value().encode())
-                token = authority.issue("console", SESSION, {"watch", "talk", "control"})
-            await ready(LiveAnchor(runtime, server, token, desk))
-            await asyncio.Event().wait()
-        finally:
-            for recorder in recorders:
-                await recorder.stop()
-            if control is not None:
-                await control.stop()
-            await server.close()
-            await owner.aclose()
-            await queue.aclose()
+            parts.push_async_callback(recorder.stop)
+            await recorder.start()
+        secret = settings.webrtc.jwt_secret
+        token = None
+        if secret is not None:
+            authority = TokenAuthority(secret.get_secret_value().encode())
+            token = authority.issue("console", SESSION, {"watch", "talk", "control"})
+        await ready(LiveAnchor(runtime, server, token, desk))
+        await asyncio.Event().wait()
 
 
 async def while_serving(settings: AnchorSettings, check: Callable[[LiveAnchor], Awaitable[None]]) -> None:
@@ -211,7 +209,10 @@ def run_forever(settings: AnchorSettings, outputs: Sequence[Path | str] = ()) ->
 
         await serve(settings, announce, outputs=outputs)
 
-    with suppress(asyncio.CancelledError, KeyboardInterrupt):
-        asyncio.run(main())
+    try:
+        with suppress(asyncio.CancelledError, KeyboardInterrupt):
+            asyncio.run(main())
+    except (NewsError, FaqError) as exc:  # a news database or FAQ file that cannot be used
+        raise ConfigError(str(exc)) from None
     print("anchor stopped", flush=True)
     return 0
