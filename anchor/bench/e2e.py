@@ -21,9 +21,10 @@ from anchor.config import AnchorSettings
 from anchor.live import LiveAnchor, while_serving
 from anchor.stats import summarize
 
-TARGETS: dict[str, tuple[str, float, str]] = {
+# stage -> (statistic, limit or None for a reported-only stage, meaning)
+TARGETS: dict[str, tuple[str, float | None, str]] = {
     "voice_to_voice_ms": ("p50", 1200.0, "end of viewer speech -> first reply audio packet"),
-    "first_mouth_frame_ms": ("p50", float("nan"), "end of viewer speech -> first mouth-moving frame"),
+    "first_mouth_frame_ms": ("p50", None, "end of viewer speech -> first mouth-moving frame"),
     "news_to_audio_ms": ("p50", 300.0, "news command -> first audio packet"),
     "interrupt_to_silence_ms": ("p95", 250.0, "interrupt -> silence at the receiver"),
     "av_offset_ms": (
@@ -31,7 +32,7 @@ TARGETS: dict[str, tuple[str, float, str]] = {
         40.0,
         "mouth opening's lag behind the audio envelope, RTP/sender-report time",
     ),
-    "av_arrival_skew_ms": ("max_abs", float("nan"), "first mouth frame - first reply audio, by arrival"),
+    "av_arrival_skew_ms": ("max_abs", None, "first mouth frame - first reply audio, by arrival"),
 }
 
 
@@ -66,11 +67,10 @@ async def bench_e2e(settings: AnchorSettings, *, rounds: int = 6) -> dict[str, A
     for name, (statistic, target, meaning) in TARGETS.items():
         values = measured["samples"][name]
         summary = summarize(values)
-        if statistic == "max_abs":
-            value = max((abs(v) for v in values), default=float("nan"))
-        else:
-            value = summary.get(statistic, float("nan"))
-        met = None if target != target else bool(value <= target)
+        value = (
+            max((abs(v) for v in values), default=None) if statistic == "max_abs" else summary.get(statistic)
+        )
+        met = None if target is None else value is not None and value <= target
         stages[name] = {"meaning": meaning, **summary, "target": {statistic: target, "met": met}}
     return {"rounds": rounds, "questions": measured["questions"], "stages": stages}
 
@@ -84,7 +84,7 @@ def markdown(result: dict[str, Any]) -> str:
     ]
     for name, stage in result["stages"].items():
         (statistic, target), met = next(iter(stage["target"].items())), stage["target"]["met"]
-        goal = "-" if target != target else f"{statistic} <= {target:g}"
+        goal = "-" if target is None else f"{statistic} <= {target:g}"
         lines.append(
             f"| {name} | {stage.get('p50', '-')} | {stage.get('p90', '-')} | {stage.get('p99', '-')} | "
             f"{stage.get('max', '-')} | {goal} | {'-' if met is None else 'yes' if met else 'no'} |"
@@ -106,7 +106,7 @@ def chart(result: dict[str, Any], path: Path) -> None:
         ax.bar([i + (n - 1) * width for i in range(len(names))], values, width, label=statistic)
     for i, name in enumerate(names):
         target = next(iter(result["stages"][name]["target"].values()))
-        if target == target:
+        if target is not None:
             ax.hlines(target, i - 1.5 * width, i + 1.5 * width, colors="black", linestyles="dashed")
     ax.set_xticks(range(len(names)), [n.removesuffix("_ms").replace("_", " ") for n in names], rotation=15)
     ax.set_ylabel("ms (dashed: target)")

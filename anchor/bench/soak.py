@@ -23,6 +23,7 @@ import os
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ from anchor.pacer import Subscription
 from anchor.responders.answer import Answerer, Responder
 from anchor.responders.llm import LlmAnswerer
 from anchor.runtime import Runtime
-from anchor.session import EventStream
+from anchor.session import EventStream, Session
 from anchor.stage import StageContext
 
 STORY = (
@@ -99,6 +100,16 @@ def memory_trend(memory: list[tuple[float, float]]) -> dict[str, float]:
     }
 
 
+@dataclass
+class SoakSession:
+    session: Session
+    queue: NewsQueue
+    desk: NewsDesk
+    gaps: GapWatch
+    program: Subscription
+    events: EventTally
+
+
 class EventTally:
     def __init__(self) -> None:
         self.kinds: dict[str, int] = {}
@@ -131,12 +142,11 @@ async def bench_soak(settings: AnchorSettings, *, minutes: float = 10.0, session
                 desk = NewsDesk(session, queue)
                 for k in range(int(minutes * 4) + 4):
                     await desk.enqueue(NewsItem(f"Transport update {k + 1}", STORY))
-                watch = GapWatch(frame_ms)
-                sub = session.subscribe(audio_ms=2000, video_frames=50)
-                opened.append((session, queue, desk, watch, sub, EventTally()))
-            tasks = [asyncio.ensure_future(desk.run()) for _, _, desk, *_ in opened]
-            tasks += [asyncio.ensure_future(watch.watch(sub)) for *_, watch, sub, _ in opened]
-            tasks += [asyncio.ensure_future(tally.count(s.events())) for s, *_, tally in opened]
+                program = session.subscribe(audio_ms=2000, video_frames=50)
+                opened.append(SoakSession(session, queue, desk, GapWatch(frame_ms), program, EventTally()))
+            readers = [asyncio.ensure_future(o.desk.run()) for o in opened]
+            watchers = [asyncio.ensure_future(o.gaps.watch(o.program)) for o in opened]
+            watchers += [asyncio.ensure_future(o.events.count(o.session.events())) for o in opened]
             memory: list[tuple[float, float]] = []
             began = time.monotonic()
             failure: dict[str, Any] = {}
@@ -144,31 +154,31 @@ async def bench_soak(settings: AnchorSettings, *, minutes: float = 10.0, session
                 while (elapsed := time.monotonic() - began) < minutes * 60:
                     memory.append((round(elapsed, 1), round(_rss_mb(), 1)))
                     if not failure and elapsed >= minutes * 30:
-                        victim = opened[-1][0]
+                        victim = opened[-1].session
                         failure["asked"] = await victim.ask("What happens next?")
                         failure["asked_at_s"] = round(elapsed, 1)
                     await asyncio.sleep(10)
                 memory.append((round(time.monotonic() - began, 1), round(_rss_mb(), 1)))
             finally:
-                for task in tasks[: len(opened)]:
+                for task in readers:
                     task.cancel()
-                await asyncio.gather(*tasks[: len(opened)], return_exceptions=True)
+                await asyncio.gather(*readers, return_exceptions=True)
                 results = []
-                for session, queue, _desk, watch, sub, tally in opened:
+                for o in opened:
                     results.append(
                         {
-                            "session": session.id,
-                            "max_gap_ms": watch.max_gap_ms,
-                            "gaps_over_40ms": watch.gaps_over_40ms,
-                            "audio_frames": watch.frames,
-                            "sentences_finished": tally.kinds.get("utterance_finished", 0),
-                            "errors": tally.errors,
+                            "session": o.session.id,
+                            "max_gap_ms": o.gaps.max_gap_ms,
+                            "gaps_over_40ms": o.gaps.gaps_over_40ms,
+                            "audio_frames": o.gaps.frames,
+                            "sentences_finished": o.events.kinds.get("utterance_finished", 0),
+                            "errors": o.events.errors,
                         }
                     )
-                    session.unsubscribe(sub)
-                    await session.aclose()
-                    await queue.aclose()
-                await asyncio.gather(*tasks, return_exceptions=True)
+                    o.session.unsubscribe(o.program)
+                    await o.session.aclose()
+                    await o.queue.aclose()
+                await asyncio.gather(*watchers, return_exceptions=True)
     await asyncio.sleep(0.5)
     after = {"tasks": len(asyncio.all_tasks()), "threads": threading.active_count(), "fds": _open_fds()}
     return {

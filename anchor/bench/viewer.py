@@ -242,10 +242,9 @@ class Reception:
 
 
 class Viewer:
-    def __init__(self, url: str, reception: Reception, mic: Mouthpiece, http: aiohttp.ClientSession) -> None:
+    def __init__(self, url: str, reception: Reception, http: aiohttp.ClientSession) -> None:
         self.url = url
         self.reception = reception
-        self.mic = mic
         self.http = http
 
     async def post(self, path: str, body: dict[str, Any]) -> float:
@@ -286,7 +285,7 @@ async def measure(url: str, rounds: int, size: tuple[int, int]) -> dict[str, Any
         "interrupt_to_silence_ms": [],
     }
     async with aiohttp.ClientSession() as http:
-        viewer = Viewer(url, reception, mic, http)
+        viewer = Viewer(url, reception, http)
         await pc.setLocalDescription(await pc.createOffer())
         offer = {"sdp": pc.localDescription.sdp, "type": "offer"}
         async with http.post(f"{url}/offer", json=offer) as response:

@@ -45,21 +45,29 @@ def alignment_heads(model_dir: Path | None, layers: int, heads: int) -> list[tup
 def dtw(cost: npt.NDArray[np.float64]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
     """The cheapest monotonic path from (0, 0) to the last cell: its (row, column) indices."""
     rows, cols = cost.shape
-    total = np.full((rows + 1, cols + 1), np.inf)
-    total[0, 0] = 0.0
-    step = np.zeros((rows + 1, cols + 1), dtype=np.int8)  # 0 diagonal, 1 from above, 2 from the left
+    inf = float("inf")
+    total = [[inf] * (cols + 1) for _ in range(rows + 1)]
+    total[0][0] = 0.0
+    step = [[0] * (cols + 1) for _ in range(rows + 1)]  # 0 diagonal, 1 from above, 2 from the left
+    values = cost.tolist()
     for i in range(1, rows + 1):
+        above, here, row_cost, row_step = total[i - 1], total[i], values[i - 1], step[i]
         for j in range(1, cols + 1):
-            options = (total[i - 1, j - 1], total[i - 1, j], total[i, j - 1])
-            best = int(np.argmin(options))
-            total[i, j] = cost[i - 1, j - 1] + options[best]
-            step[i, j] = best
+            diagonal, up, left = above[j - 1], above[j], here[j - 1]
+            if diagonal <= up and diagonal <= left:
+                best, move = diagonal, 0
+            elif up <= left:
+                best, move = up, 1
+            else:
+                best, move = left, 2
+            here[j] = row_cost[j - 1] + best
+            row_step[j] = move
     path_rows, path_cols = [], []
     i, j = rows, cols
     while i > 0 and j > 0:
         path_rows.append(i - 1)
         path_cols.append(j - 1)
-        move = step[i, j]
+        move = step[i][j]
         if move == 0:
             i, j = i - 1, j - 1
         elif move == 1:
