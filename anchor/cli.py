@@ -21,6 +21,7 @@ import numpy.typing as npt
 
 from anchor.config import AnchorSettings, ConfigError, load_settings
 from anchor.stage import Stage
+from anchor.train.cli import add_train_parser
 from engines.registry import catalog
 from engines.spec import EngineSpec
 from engines.tools import build_engines, list_engines
@@ -148,16 +149,14 @@ def _cmd_say(args: argparse.Namespace) -> int:
     from anchor.frames import AudioChunk
     from anchor.offline import join_audio, render_text, write_wav
     from anchor.runtime import Runtime
+    from anchor.speech.acoustic import AcousticTTS
     from anchor.speech.tacotron import Tacotron2TTS
     from anchor.speech.tts import PiperTTS
 
     settings = _with_weights(_settings(args), args.vocoder, args.vocoder_checkpoint)
     if args.voice == "mel":
-        if args.checkpoint is None:
-            raise ConfigError(
-                "--voice mel needs --checkpoint: a Tacotron 2 checkpoint (tacotron2_statedict.pt)"
-            )
-        stages: list[Stage] = [Tacotron2TTS(args.checkpoint), _vocoder_stage(args.vocoder, args.sigma)]
+        acoustic: Stage = Tacotron2TTS(args.checkpoint) if args.checkpoint else AcousticTTS()
+        stages: list[Stage] = [acoustic, _vocoder_stage(args.vocoder, args.sigma)]
     else:
         stages = [PiperTTS()]
 
@@ -337,7 +336,13 @@ def _cmd_lipsync(args: argparse.Namespace) -> int:
     settings = _with_weights(_settings(args), "wav2lip", args.checkpoint)
     try:
         result = asyncio.run(
-            lipsync(settings, args.audio, args.out, avatar=args.avatar, wav2lip=args.checkpoint is not None)
+            lipsync(
+                settings,
+                args.audio,
+                args.out,
+                avatar=args.avatar,
+                driver_name="wav2lip" if args.checkpoint is not None else args.face,
+            )
         )
     except (AvatarError, ValueError) as exc:
         raise ConfigError(str(exc)) from None
@@ -419,9 +424,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("text", help="what to say (news text is normalised: numbers, dates, ...)")
     p.add_argument("-o", "--out", type=Path, required=True, help="WAV file to write")
     p.add_argument(
-        "--voice", choices=["piper", "mel"], default="piper", help="Piper, or Tacotron 2 + vocoder"
+        "--voice",
+        choices=["piper", "mel"],
+        default="piper",
+        help="Piper, or an acoustic model (ours, or Tacotron 2 with --checkpoint) + vocoder",
     )
-    p.add_argument("--checkpoint", type=Path, default=None, help="Tacotron 2 checkpoint, for --voice mel")
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="Tacotron 2 checkpoint for --voice mel (default: our acoustic model)",
+    )
     p.add_argument("--vocoder", choices=["hifigan", "waveglow"], default="hifigan", help="for --voice mel")
     p.add_argument(
         "--vocoder-checkpoint", type=Path, default=None, help="vocoder weights (WaveGlow needs one)"
@@ -478,7 +491,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--avatar", type=Path, default=None, help="portrait image or short video (default: bundled)"
     )
-    p.add_argument("--checkpoint", type=Path, default=None, help="Wav2Lip checkpoint (default: the animator)")
+    p.add_argument(
+        "--face",
+        choices=("animator", "gan"),
+        default="animator",
+        help="the default animator, or our trained face GAN (shipped weights)",
+    )
+    p.add_argument("--checkpoint", type=Path, default=None, help="a Wav2Lip checkpoint (overrides --face)")
     p.set_defaults(func=_cmd_lipsync)
 
     p = sub.add_parser("demo", help="run a paced session end to end and record its audio")
@@ -507,6 +526,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_engines_bench)
+
+    add_train_parser(sub)
 
     bench = sub.add_parser("bench", help="benchmarks (JSON with p50/p90/p95/p99)")
     bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")

@@ -31,6 +31,11 @@ log = logging.getLogger(__name__)
 _PROJECT_WEIGHTS = Path(__file__).resolve().parent / "weights"
 
 
+def project_weights_dir() -> Path:
+    """Where the project's own trained weights ship (``engines/weights``)."""
+    return _PROJECT_WEIGHTS
+
+
 class WeightsError(ValueError):
     """A checkpoint could not be found, read or matched to its model."""
 

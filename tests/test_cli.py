@@ -69,11 +69,19 @@ def test_vocode_rejects_a_mel_of_the_wrong_shape(tmp_path: Path, capsys: pytest.
     assert not (tmp_path / "o.wav").exists()
 
 
-def test_say_with_the_mel_voice_needs_a_checkpoint(
+def test_say_with_the_mel_voice_uses_our_acoustic_model_and_refuses_a_bad_checkpoint(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["say", "Hello", "--voice", "mel", "-o", str(tmp_path / "o.wav")]) == 2
-    assert "--voice mel needs --checkpoint" in capsys.readouterr().err
+    out = tmp_path / "o.wav"
+    assert main(["say", "Hello there.", "--voice", "mel", "-o", str(out)]) == 0
+    assert out.stat().st_size > 10_000
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    assert (
+        main(["say", "Hello", "--voice", "mel", "--checkpoint", str(bad), "-o", str(tmp_path / "b.wav")]) == 2
+    )
+    assert "bad.pt" in capsys.readouterr().err
+    assert not (tmp_path / "b.wav").exists()
 
 
 def test_transcribe_reads_any_pcm_wav_and_refuses_others(

@@ -111,3 +111,6 @@ def test_bench_face_reports_fps_latency_and_sync(capsys: pytest.CaptureFixture[s
     )
     assert {g["backend"] for g in result["wav2lip_generator"]} == {"torch", "onnxruntime"}
     assert abs(result["lipsync"]["lag_frames"]) <= 1
+    gan = result["face_gan"]
+    assert gan["fps"] > 0 and gan["threads"] == 1 and gan["width"] == 0.25
+    assert abs(gan["lipsync"]["lag_frames"]) <= 1

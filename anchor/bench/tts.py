@@ -1,4 +1,7 @@
-"""``anchor bench tts``: time to first audio and real-time factor of the default voice.
+"""``anchor bench tts``: time to first audio and real-time factor of the default voice and the mel path.
+
+The mel path is our acoustic model with HiFi-GAN (``acoustic_hifigan``) and,
+when WaveGlow weights are configured or shipped, with WaveGlow (``acoustic_waveglow``).
 
 TTFA is text in -> the first audio chunk out of the TTS stage (>= 20 ms of
 48 kHz audio), measured on the stage itself so it excludes pacing. RTF is
@@ -17,6 +20,7 @@ from anchor.config import AnchorSettings
 from anchor.frames import AudioChunk, EndOfUtterance, Frame, MelChunk, TextDelta
 from anchor.offline import run_stages
 from anchor.runtime import Runtime
+from anchor.speech.acoustic import AcousticTTS
 from anchor.speech.normalize import normalize
 from anchor.speech.tts import PiperTTS
 from anchor.speech.vocoder import VocoderStage
@@ -25,6 +29,9 @@ from anchor.stats import summarize
 from engines.audio.mel import mel_spectrogram
 from engines.engine import Engine
 from engines.voices.piper import JOE_MODEL, PiperVoice, audio_of
+from engines.weights import project_weights_dir
+
+WAVEGLOW_WEIGHTS = project_weights_dir() / "waveglow.pt"
 
 ITEMS = {
     "one_sentence": "The central bank raised interest rates by a quarter point on Tuesday, citing inflation.",
@@ -72,26 +79,46 @@ async def _vocoder_streaming(runtime: Runtime, stage: Callable[[], Stage], *, ro
     return {"audio_seconds": round(seconds, 2), "rtf": summarize(rtf), "first_audio_ms": summarize(first_ms)}
 
 
+async def _stages_ttfa_rtf(
+    runtime: Runtime, stages: Callable[[], list[Stage]], *, rounds: int, warmup: int
+) -> dict[str, Any]:
+    """Per item: text in -> first audio chunk out (TTFA) and synthesis time over audio time (RTF)."""
+    rate = runtime.settings.media.sample_rate
+    results: dict[str, Any] = {}
+    for item, text in ITEMS.items():
+        ttfa, rtf = [], []
+        for i in range(warmup + rounds):
+            uid = f"bench/{item}/{i}"
+            frames = [TextDelta(text=text, utterance_id=uid), EndOfUtterance(utterance_id=uid)]
+            began = time.perf_counter()
+            first = None
+            samples = 0
+            async for out in run_stages(runtime, stages(), frames):
+                if isinstance(out, AudioChunk):
+                    first = first or time.perf_counter()
+                    samples += out.num_samples
+            total = time.perf_counter() - began
+            if i >= warmup and first is not None:
+                ttfa.append((first - began) * 1000)
+                rtf.append(total / (samples / rate))
+        results[item] = {"ttfa_ms": summarize(ttfa), "rtf": summarize(rtf)}
+    return results
+
+
 async def bench_tts(settings: AnchorSettings, *, rounds: int = 10, warmup: int = 2) -> dict[str, Any]:
     results: dict[str, Any] = {}
     async with Runtime(settings) as runtime:
-        for item, text in ITEMS.items():
-            ttfa, rtf = [], []
-            for i in range(warmup + rounds):
-                uid = f"bench/{item}/{i}"
-                frames = [TextDelta(text=text, utterance_id=uid), EndOfUtterance(utterance_id=uid)]
-                began = time.perf_counter()
-                first = None
-                samples = 0
-                async for out in run_stages(runtime, [PiperTTS()], frames):
-                    if isinstance(out, AudioChunk):
-                        first = first or time.perf_counter()
-                        samples += out.num_samples
-                total = time.perf_counter() - began
-                if i >= warmup and first is not None:
-                    ttfa.append((first - began) * 1000)
-                    rtf.append(total / (samples / settings.media.sample_rate))
-            results[item] = {"ttfa_ms": summarize(ttfa), "rtf": summarize(rtf)}
+        results.update(await _stages_ttfa_rtf(runtime, lambda: [PiperTTS()], rounds=rounds, warmup=warmup))
+        results["acoustic_hifigan"] = await _stages_ttfa_rtf(
+            runtime, lambda: [AcousticTTS(), VocoderStage()], rounds=max(2, rounds // 3), warmup=1
+        )
+        if "waveglow" in settings.engines.weights or WAVEGLOW_WEIGHTS.exists():
+            results["acoustic_waveglow"] = await _stages_ttfa_rtf(
+                runtime,
+                lambda: [AcousticTTS(), VocoderStage(engine="waveglow", noise_channels=8, sigma=0.6)],
+                rounds=2,
+                warmup=1,
+            )
         results["hifigan_streaming"] = await _vocoder_streaming(
             runtime, VocoderStage, rounds=max(2, rounds // 3)
         )

@@ -25,6 +25,7 @@ from anchor.face.wav2lip_driver import Wav2LipDriver
 from anchor.frames import AudioChunk, EndOfUtterance, Frame, VideoFrame
 from anchor.offline import read_wav, run_stages
 from anchor.runtime import Runtime
+from engines.face.wav2lip import FACE_GAN
 from streams.mp4 import MediaWriter
 
 
@@ -37,17 +38,18 @@ class LipsyncResult:
 
 
 async def lipsync(
-    settings: AnchorSettings, audio_path: Path, out: Path, *, avatar: Path | None, wav2lip: bool
+    settings: AnchorSettings, audio_path: Path, out: Path, *, avatar: Path | None, driver_name: str
 ) -> LipsyncResult:
-    """Render ``audio_path`` onto ``avatar`` into ``out``; ``wav2lip``: the GAN, its weights from settings."""
+    """``audio_path`` onto ``avatar`` into ``out``; driver ``animator``, ``gan`` (ours) or ``wav2lip``."""
     audio, rate = await asyncio.to_thread(read_wav, audio_path)
     mono = audio.mean(axis=1).astype(np.float32)
     if len(mono) == 0:
         raise ValueError(f"{audio_path} holds no audio")
     portraits = await asyncio.to_thread(load_avatar, avatar)
     driver: FaceDriver
-    if wav2lip:
-        driver, name = Wav2LipDriver(*portraits), "wav2lip"
+    if driver_name in ("gan", "wav2lip"):
+        engine = FACE_GAN if driver_name == "gan" else "wav2lip"
+        driver, name = Wav2LipDriver(*portraits, engine=engine), driver_name
     else:
         driver, name = AnimatorDriver(*(MouthRenderer(p) for p in portraits)), "animator"
     look = PortraitLook(portraits[0]) if len(portraits) == 1 else None

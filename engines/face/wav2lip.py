@@ -38,6 +38,8 @@ HOP = 200
 MEL_FPS = SAMPLE_RATE // HOP  # 80 mel frames a second
 MEL_WINDOW = 16  # mel frames per video frame (200 ms)
 FACE_SIZE = 96
+#: The engine of our own trained face GAN (Wav2Lip topology, shipped in ``engines/weights``).
+FACE_GAN = "face-gan"
 
 
 class ConvBlock(nn.Module):
@@ -85,48 +87,62 @@ def _up(cin: int, cout: int, repeats: int) -> nn.Sequential:
     return nn.Sequential(first, *(ConvBlock(cout, cout, 3, 1, 1, residual=True) for _ in range(repeats)))
 
 
-def _squeeze(channels: int) -> list[nn.Module]:
+def _squeeze(channels: int, out: int) -> list[nn.Module]:
     """3x3 (no padding) down to 1x1, then a 1x1 conv."""
-    return [ConvBlock(channels, 512, 3, 1, 0), ConvBlock(512, 512, 1, 1, 0)]
+    return [ConvBlock(channels, out, 3, 1, 0), ConvBlock(out, out, 1, 1, 0)]
 
 
 class Wav2Lip(nn.Module):
-    """U-Net face decoder fed by a face encoder (skip connections) and an audio encoder."""
+    """U-Net face decoder fed by a face encoder (skip connections) and an audio encoder.
 
-    def __init__(self) -> None:
+    ``width`` scales every layer's channels (1 is the published model; our
+    own trained face GAN uses a narrower one with the same topology).
+    """
+
+    def __init__(self, width: float = 1.0) -> None:
         super().__init__()
+        if width <= 0 or abs(16 * width - round(16 * width)) > 1e-9:
+            raise ValueError(f"width must make 16 * width a whole number of channels, got {width}")
+        self.width = width
+
+        def c(n: int) -> int:
+            return round(n * width)
+
         self.face_encoder_blocks = nn.ModuleList(
             [
-                nn.Sequential(ConvBlock(6, 16, 7, 1, 3)),  # 96
-                nn.Sequential(*_stage(16, 32, 2, 2)),  # 48
-                nn.Sequential(*_stage(32, 64, 2, 3)),  # 24
-                nn.Sequential(*_stage(64, 128, 2, 2)),  # 12
-                nn.Sequential(*_stage(128, 256, 2, 2)),  # 6
-                nn.Sequential(*_stage(256, 512, 2, 1)),  # 3
-                nn.Sequential(*_squeeze(512)),  # 1
+                nn.Sequential(ConvBlock(6, c(16), 7, 1, 3)),  # 96
+                nn.Sequential(*_stage(c(16), c(32), 2, 2)),  # 48
+                nn.Sequential(*_stage(c(32), c(64), 2, 3)),  # 24
+                nn.Sequential(*_stage(c(64), c(128), 2, 2)),  # 12
+                nn.Sequential(*_stage(c(128), c(256), 2, 2)),  # 6
+                nn.Sequential(*_stage(c(256), c(512), 2, 1)),  # 3
+                nn.Sequential(*_squeeze(c(512), c(512))),  # 1
             ]
         )
         self.audio_encoder = nn.Sequential(
-            *_stage(1, 32, 1, 2),  # 80x16
-            *_stage(32, 64, (3, 1), 2),  # 27x16
-            *_stage(64, 128, 3, 2),  # 9x6
-            *_stage(128, 256, (3, 2), 1),  # 3x3
-            *_squeeze(256),  # 1x1
+            *_stage(1, c(32), 1, 2),  # 80x16
+            *_stage(c(32), c(64), (3, 1), 2),  # 27x16
+            *_stage(c(64), c(128), 3, 2),  # 9x6
+            *_stage(c(128), c(256), (3, 2), 1),  # 3x3
+            *_squeeze(c(256), c(512)),  # 1x1
         )
         self.face_decoder_blocks = nn.ModuleList(
             [
-                nn.Sequential(ConvBlock(512, 512, 1, 1, 0)),  # 1
+                nn.Sequential(ConvBlock(c(512), c(512), 1, 1, 0)),  # 1
                 nn.Sequential(
-                    ConvBlock(1024, 512, 3, 1, 0, transpose=True), ConvBlock(512, 512, 3, 1, 1, residual=True)
+                    ConvBlock(c(1024), c(512), 3, 1, 0, transpose=True),
+                    ConvBlock(c(512), c(512), 3, 1, 1, residual=True),
                 ),  # 3
-                _up(1024, 512, 2),  # 6
-                _up(768, 384, 2),  # 12
-                _up(512, 256, 2),  # 24
-                _up(320, 128, 2),  # 48
-                _up(160, 64, 2),  # 96
+                _up(c(1024), c(512), 2),  # 6
+                _up(c(768), c(384), 2),  # 12
+                _up(c(512), c(256), 2),  # 24
+                _up(c(320), c(128), 2),  # 48
+                _up(c(160), c(64), 2),  # 96
             ]
         )
-        self.output_block = nn.Sequential(ConvBlock(80, 32, 3, 1, 1), nn.Conv2d(32, 3, 1, 1, 0), nn.Sigmoid())
+        self.output_block = nn.Sequential(
+            ConvBlock(c(80), c(32), 3, 1, 1), nn.Conv2d(c(32), 3, 1, 1, 0), nn.Sigmoid()
+        )
 
     def forward(self, audio: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
         skips = []
@@ -159,9 +175,15 @@ def load_wav2lip(path: Path | str) -> Wav2Lip:
         path, "Wav2Lip", {"models.wav2lip": ("Wav2Lip",), "models.conv": ("Conv2d", "Conv2dTranspose")}
     )
     state = strip_prefix(_state_of(data, path), "module.")
-    model = Wav2Lip()
+    first = state.get("face_encoder_blocks.0.0.conv_block.0.weight")
+    if first is None or first.ndim != 4:
+        raise WeightsError(f"Wav2Lip checkpoint {path} has no face_encoder_blocks.0.0.conv_block.0.weight")
+    try:
+        model = Wav2Lip(width=first.shape[0] / 16)
+    except ValueError as exc:
+        raise WeightsError(f"Wav2Lip checkpoint {path}: {exc}") from None
     check_state_dict(model, state, str(path))
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     return model.eval()
 
 
@@ -297,9 +319,9 @@ def _face_inputs(
     return faces
 
 
-def wav2lip_spec(weights: WeightsSource | None = None) -> EngineSpec:
+def wav2lip_spec(weights: WeightsSource | None = None, name: str = "wav2lip") -> EngineSpec:
     return EngineSpec(
-        name="wav2lip",
+        name=name,
         description="Wav2Lip generator: mel window (80x16) + masked and reference face (6x96x96) -> face",
         inputs=(
             TensorSpec("audio", "float32", ("batch", 1, 80, MEL_WINDOW)),
@@ -307,7 +329,7 @@ def wav2lip_spec(weights: WeightsSource | None = None) -> EngineSpec:
         ),
         outputs=(TensorSpec("face", "float32", ("batch", 3, FACE_SIZE, FACE_SIZE)),),
         axes={"batch": Dim(1, 8, 128)},
-        weights=weights or WeightsSource.project("wav2lip.pth"),
+        weights=weights or WeightsSource.project("face_gan.pth" if name == FACE_GAN else "wav2lip.pth"),
         load=load_wav2lip,
         sample_value=_face_inputs,
         media_seconds=lambda inputs: inputs["audio"].shape[0] / 25,  # one frame at 25 fps

@@ -1,0 +1,130 @@
+"""``anchor train ...``: make the data set, train each model, and export the shipped weights."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from anchor.config import ConfigError
+from anchor.train.loop import Budget
+
+DEFAULT_DATA = Path("~/.cache/virtual-anchor/train-data")
+DEFAULT_RUNS = Path("~/.cache/virtual-anchor/train-runs")
+
+
+def _data_corpus(args: argparse.Namespace) -> int:
+    from anchor.train.corpus import build_corpus
+    from engines.voices.piper import JOE_MODEL, PiperVoice
+
+    voice = PiperVoice.for_model(args.voice_model or JOE_MODEL.resolve())
+    path = build_corpus(args.out.expanduser(), hours=args.hours, seed=args.seed, voice=voice)
+    print((path.parent / "corpus.json").read_text())
+    return 0
+
+
+def _data_speech(args: argparse.Namespace) -> int:
+    from anchor.train.speech_data import synthesize
+    from engines.voices.piper import JOE_MODEL
+
+    try:
+        shards = synthesize(
+            args.out.expanduser(),
+            args.voice_model or JOE_MODEL.resolve(),
+            workers=args.workers,
+            limit=args.shards,
+        )
+    except FileNotFoundError as exc:
+        raise ConfigError(str(exc)) from None
+    print(f"{len(shards)} speech shards in {args.out / 'speech'}")
+    return 0
+
+
+def _data_face(args: argparse.Namespace) -> int:
+    from anchor.train.face_data import render_faces
+
+    try:
+        shards = render_faces(args.out.expanduser(), shards=args.shards, workers=args.workers)
+    except FileNotFoundError as exc:
+        raise ConfigError(str(exc)) from None
+    print(f"{len(shards)} face shards in {args.out / 'face'}")
+    return 0
+
+
+def _budget(args: argparse.Namespace) -> Budget:
+    return Budget(
+        steps=args.steps, minutes=args.minutes, save_every=args.save_every, log_every=args.log_every
+    )
+
+
+def _train(args: argparse.Namespace) -> int:
+    from anchor.train.acoustic import train_acoustic
+    from anchor.train.face_gan import train_face
+    from anchor.train.waveglow import train_waveglow
+
+    trainers: dict[str, Callable[..., Path]] = {
+        "acoustic": train_acoustic,
+        "waveglow": train_waveglow,
+        "face": train_face,
+    }
+    extra = {"batch": args.batch} if args.batch else {}
+    try:
+        path = trainers[args.model](
+            args.data.expanduser(), args.out.expanduser(), _budget(args), device=args.device, **extra
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
+    print(f"wrote {path}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from anchor.train.export import export_weights
+
+    written = export_weights(args.runs.expanduser(), args.to)
+    print(json.dumps({k: str(v) for k, v in written.items()}, indent=2))
+    return 0
+
+
+def add_train_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    train = sub.add_parser("train", help="make training data, train our own models, export their weights")
+    kinds = train.add_subparsers(dest="train", required=True, metavar="WHAT")
+
+    data = kinds.add_parser("data", help="make the training data (deterministic, resumable)")
+    parts = data.add_subparsers(dest="part", required=True, metavar="PART")
+    p = parts.add_parser("corpus", help="choose and phonemize the sentences the teacher voice reads")
+    p.add_argument("--hours", type=float, default=3.0, help="speech to aim for (default 3)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_data_corpus)
+    p = parts.add_parser("speech", help="Piper reads the corpus: audio, its durations, mels")
+    p.add_argument("--shards", type=int, default=None, help="only the first N shards (100 sentences each)")
+    p.set_defaults(func=_data_speech)
+    p = parts.add_parser("face", help="the default animator over the speech: 96x96 crops and mels")
+    p.add_argument("--shards", type=int, default=8, help="speech shards to animate (default 8)")
+    p.set_defaults(func=_data_face)
+    for p in parts.choices.values():
+        p.add_argument("--out", type=Path, default=DEFAULT_DATA, help=f"data folder (default {DEFAULT_DATA})")
+        p.add_argument("--workers", type=int, default=None, help="processes (default: every core)")
+        p.add_argument("--voice-model", type=Path, default=None, help="the teacher's Piper ONNX file")
+
+    for name, what in (
+        ("acoustic", "the FastSpeech-style acoustic model, distilled from Piper"),
+        ("waveglow", "a small WaveGlow on the teacher's audio"),
+        ("face", "the face GAN (Wav2Lip topology, quality discriminator)"),
+    ):
+        p = kinds.add_parser(name, help=f"train {what}")
+        p.add_argument("--data", type=Path, default=DEFAULT_DATA)
+        p.add_argument("--out", type=Path, default=DEFAULT_RUNS, help="checkpoints, loss log and chart")
+        p.add_argument("--steps", type=int, default=100_000)
+        p.add_argument("--minutes", type=float, default=60.0, help="stop after this long (resumable)")
+        p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+        p.add_argument("--batch", type=int, default=None)
+        p.add_argument("--save-every", type=int, default=500)
+        p.add_argument("--log-every", type=int, default=50)
+        p.set_defaults(func=_train, model=name)
+
+    p = kinds.add_parser("export", help="trained runs -> the fp16 weights shipped in engines/weights")
+    p.add_argument("--runs", type=Path, default=DEFAULT_RUNS)
+    p.add_argument("--to", type=Path, default=None, help="folder (default: the package's engines/weights)")
+    p.set_defaults(func=_export)

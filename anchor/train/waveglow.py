@@ -1,0 +1,171 @@
+"""Training a small WaveGlow on the teacher's audio, saved in NVIDIA's own checkpoint layout.
+
+The model is ``engines.models.waveglow.WaveGlow`` itself with NVIDIA's weight
+norm on each WN's ``start``, ``in_layers``, ``res_skip_layers`` and
+``cond_layer`` (so the saved keys carry ``weight_g``/``weight_v`` exactly as
+the public checkpoints do) and its ``end`` zeroed, so every flow starts as
+the identity. Training runs the flows forwards (audio -> z) and minimises
+the negative log-likelihood of z under N(0, sigma^2), as the paper does.
+The result is written as a DeepLearningExamples checkpoint
+(``{'state_dict': {'module.…'}, 'config': {...}}``) that ``load_waveglow`` reads.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict
+from pathlib import Path
+from typing import cast
+
+import numpy as np
+import torch
+from torch import nn
+
+from anchor.train.loop import Budget, Run, pick_device, train
+from anchor.train.speech_data import HOP, SpeechShard, speech_shards
+from engines.models.waveglow import WN, Invertible1x1Conv, WaveGlow, WaveGlowConfig
+
+SMALL = WaveGlowConfig(
+    n_flows=8, n_group=8, n_early_every=4, n_early_size=2, n_layers=4, n_channels=64, upsample_kernel=512
+)
+
+
+def trainable(config: WaveGlowConfig) -> WaveGlow:
+    """A fresh WaveGlow laid out for training: weight norm, identity flows, orthogonal 1x1 convolutions."""
+    model = WaveGlow(config)
+    for wn in model.WN:
+        w = cast(WN, wn)
+        w.start = nn.utils.weight_norm(w.start, name="weight")
+        w.cond_layer = nn.utils.weight_norm(w.cond_layer, name="weight")
+        w.in_layers = nn.ModuleList(nn.utils.weight_norm(layer, name="weight") for layer in w.in_layers)
+        w.res_skip_layers = nn.ModuleList(
+            nn.utils.weight_norm(layer, name="weight") for layer in w.res_skip_layers
+        )
+        nn.init.zeros_(w.end.weight)
+        nn.init.zeros_(cast(torch.Tensor, w.end.bias))
+    for conv in model.convinv:
+        c = cast(Invertible1x1Conv, conv)
+        q = torch.linalg.qr(torch.randn(c.conv.weight.shape[0], c.conv.weight.shape[0]))[0]
+        if torch.det(q) < 0:
+            q[:, 0] = -q[:, 0]
+        c.conv.weight.data.copy_(q[..., None])
+    return model
+
+
+def flow_forward(
+    model: WaveGlow, mel: torch.Tensor, audio: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Audio ``[B, T]`` -> (z ``[B, n_group, T/n_group]``, the sum of every log-determinant per batch)."""
+    c = model.config
+    spect = model.upsample(mel)[:, :, : audio.shape[1]]
+    b, m, t = spect.shape
+    spect = spect.reshape(b, m, t // c.n_group, c.n_group).permute(0, 2, 1, 3).reshape(b, t // c.n_group, -1)
+    spect = spect.permute(0, 2, 1)
+    x = audio.reshape(b, t // c.n_group, c.n_group).permute(0, 2, 1)
+    early: list[torch.Tensor] = []
+    log_det = torch.zeros((), device=audio.device)
+    for k in range(c.n_flows):
+        if k % c.n_early_every == 0 and k > 0:
+            early.append(x[:, : c.n_early_size])
+            x = x[:, c.n_early_size :]
+        conv = cast(Invertible1x1Conv, model.convinv[k]).conv
+        w = conv.weight.squeeze(-1)
+        x = nn.functional.conv1d(x, conv.weight)
+        log_det = log_det + x.shape[2] * b * torch.logdet(w.float())
+        half = x.shape[1] // 2
+        x0, x1 = x[:, :half], x[:, half:]
+        out = cast(WN, model.WN[k])(x0, spect)
+        log_s, shift = out[:, half:], out[:, :half]
+        x = torch.cat([x0, torch.exp(log_s) * x1 + shift], 1)
+        log_det = log_det + log_s.sum()
+    return torch.cat([*early, x], 1), log_det
+
+
+def nll(z: torch.Tensor, log_det: torch.Tensor, sigma: float) -> torch.Tensor:
+    """WaveGlow's loss: ``sum(z^2) / (2 sigma^2) - log det``, per element of z."""
+    return ((z * z).sum() / (2 * sigma * sigma) - log_det) / z.numel()
+
+
+class _Segments:
+    """Random aligned (mel, audio) windows: ``frames`` mel frames and their ``frames * 256`` samples."""
+
+    def __init__(self, data: Path, frames: int) -> None:
+        self.frames = frames
+        self.audio: list[np.ndarray] = []
+        self.mels: list[np.ndarray] = []
+        for path in speech_shards(data):
+            shard = SpeechShard(path)
+            for i in range(len(shard)):
+                mel = shard.mel_of(i)
+                if mel.shape[1] >= frames:
+                    self.audio.append(shard.audio[shard.audio_offsets[i] : shard.audio_offsets[i + 1]])
+                    self.mels.append(mel)
+        if not self.audio:
+            raise ValueError(f"no sentence in {data} is {frames} mel frames long")
+
+    def batch(self, rng: random.Random, size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        mels, audio = [], []
+        for _ in range(size):
+            i = rng.randrange(len(self.audio))
+            f = rng.randrange(self.mels[i].shape[1] - self.frames + 1)
+            mels.append(self.mels[i][:, f : f + self.frames].astype(np.float32))
+            audio.append(self.audio[i][f * HOP : (f + self.frames) * HOP].astype(np.float32) / 32767)
+        return (
+            torch.from_numpy(np.stack(mels)).to(device, non_blocking=True),
+            torch.from_numpy(np.stack(audio)).to(device, non_blocking=True),
+        )
+
+
+def train_waveglow(
+    data: Path,
+    out: Path,
+    budget: Budget,
+    *,
+    device: str = "auto",
+    batch: int = 16,
+    frames: int = 64,
+    lr: float = 2e-4,
+    sigma: float = 1.0,
+    seed: int = 0,
+    config: WaveGlowConfig = SMALL,
+) -> Path:
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    dev = pick_device(device)
+    segments = _Segments(data, frames)
+    model = trainable(config).to(dev)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    run = Run(out, "waveglow", budget)
+    modules = {"model": model, "optimizer": optimizer}
+    run.resume(modules)
+
+    def step() -> dict[str, float]:
+        model.train()
+        for group in optimizer.param_groups:
+            group["lr"] = lr * max(0.1, 1.0 - run.progress())
+        mel, audio = segments.batch(rng, batch, dev)
+        z, log_det = flow_forward(model, mel, audio)
+        loss = nll(z, log_det, sigma)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+        optimizer.step()
+        return {"nll": loss.item()}
+
+    train(run, modules, step)
+    return export_waveglow(model, config, out / "waveglow-final.pt", step=run.step)
+
+
+def export_waveglow(
+    model: WaveGlow, config: WaveGlowConfig, path: Path, *, step: int, half: bool = False
+) -> Path:
+    """The DeepLearningExamples layout: ``module.``-prefixed weights (weight norm kept) and the config."""
+    state = {
+        f"module.{k}": (v.half() if half and v.is_floating_point() else v).detach().cpu()
+        for k, v in model.state_dict().items()
+    }
+    fields = asdict(config)
+    wn = {k: fields.pop(k) for k in ("n_layers", "n_channels", "kernel_size")}
+    declared = {k: v for k, v in fields.items() if k not in ("hop_length", "upsample_kernel")}
+    torch.save({"state_dict": state, "config": {**declared, "WN_config": wn}, "iteration": step}, path)
+    return path

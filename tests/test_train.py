@@ -1,0 +1,182 @@
+"""Our own training: the data set, each trainer, the exported checkpoints, and the shipped weights' gate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from anchor.quality import word_error_rate
+from anchor.speech.normalize import normalize
+from anchor.speech.resample import resample
+from anchor.train.acoustic import train_acoustic
+from anchor.train.corpus import HELD_OUT, build_corpus, read_corpus
+from anchor.train.export import export_weights
+from anchor.train.face_data import render_faces
+from anchor.train.face_gan import train_face
+from anchor.train.loop import Budget
+from anchor.train.speech_data import HOP, SpeechShard, synthesize
+from anchor.train.waveglow import train_waveglow
+from engines.face.wav2lip import load_wav2lip
+from engines.models.fastspeech import AcousticConfig, FastSpeech
+from engines.vocoders.waveglow import load_waveglow
+from engines.voices.acoustic import ACOUSTIC_WEIGHTS, load_acoustic, mel_of
+from engines.voices.piper import JOE_MODEL, PiperVoice
+from engines.weights import WeightsError
+
+TINY = AcousticConfig(dim=32, heads=2, encoder_layers=1, decoder_channels=32, postnet_channels=32)
+
+
+def test_chunked_decoding_is_exactly_the_whole_decode() -> None:
+    torch.manual_seed(0)
+    model = FastSpeech(TINY).eval()
+    expanded = torch.randn(1, 137, TINY.dim)
+    with torch.inference_mode():
+        _, whole = model.decode(expanded)
+        chunks = list(model.decode_chunks(expanded, chunk=10))
+    assert [c.shape[2] for c in chunks] == [10] * 13 + [7]
+    torch.testing.assert_close(torch.cat(chunks, dim=2), whole, atol=1e-5, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("train-data")
+    voice = PiperVoice.for_model(JOE_MODEL.resolve())
+    build_corpus(root, hours=0.004, seed=3, voice=voice)
+    synthesize(root, JOE_MODEL.resolve(), workers=1)
+    render_faces(root, shards=1, workers=1)
+    return root
+
+
+def test_the_corpus_keeps_held_out_sentences_out_and_says_where_it_came_from(data: Path) -> None:
+    meta = json.loads((data / "corpus.json").read_text())
+    assert meta["licence"] == "PSF-2.0" and "standard library" in meta["source"]
+    texts = {s.text.lower() for s in read_corpus(data)}
+    assert texts and not texts & {h.lower() for h in HELD_OUT}
+
+
+def test_speech_shards_hold_the_teachers_durations_audio_and_mels_and_resume(data: Path) -> None:
+    shard_path = data / "speech" / "shard-00000.npz"
+    shard = SpeechShard(shard_path)
+    sentences = list(read_corpus(data))
+    assert len(shard) == len(sentences)
+    for i in range(len(shard)):
+        assert list(shard.ids_of(i)) == sentences[i].ids
+        frames = int(shard.durations_of(i).sum())
+        assert len(shard.audio_of(i)) == frames * HOP
+        assert shard.mel_of(i).shape == (80, frames)
+    before = shard_path.stat().st_mtime_ns
+    synthesize(data, JOE_MODEL.resolve(), workers=1)  # resumes: nothing left to do
+    assert shard_path.stat().st_mtime_ns == before
+    again = data / "again"
+    again.mkdir()
+    (again / "corpus.jsonl").write_text((data / "corpus.jsonl").read_text())
+    synthesize(again, JOE_MODEL.resolve(), workers=1)
+    np.testing.assert_array_equal(SpeechShard(again / "speech" / "shard-00000.npz").audio, shard.audio)
+
+
+def test_face_shards_hold_one_crop_per_frame_and_the_reference(data: Path) -> None:
+    with np.load(data / "face" / "shard-00000.npz") as z:
+        crops, frames, mel_at = z["crops"], z["frame_offsets"], z["mel_offsets"]
+    speech = SpeechShard(data / "speech" / "shard-00000.npz")
+    assert crops.shape[1:] == (96, 96, 3) and crops.dtype == np.uint8
+    seconds = len(speech.audio_of(0)) / 22050
+    assert frames[1] == pytest.approx(seconds * 25, abs=1)
+    assert mel_at[1] == pytest.approx(seconds * 80, abs=2)
+    reference = np.load(data / "face" / "reference.npy")
+    assert reference.shape == (96, 96, 3)
+    assert np.abs(crops[: frames[1]].astype(int) - reference).max() > 40  # the mouth moves
+
+
+def test_each_trainer_runs_resumes_and_exports_a_checkpoint_its_loader_reads(
+    data: Path, tmp_path: Path
+) -> None:
+    budget = Budget(steps=2, minutes=5, save_every=1, log_every=1)
+    runs = tmp_path / "runs"
+    train_acoustic(data, runs, budget, device="cpu", batch=2, config=TINY)
+    train_waveglow(data, runs, budget, device="cpu", batch=2, frames=16)
+    train_face(data, runs, budget, device="cpu", batch=2, width=0.125)
+    for name in ("acoustic", "waveglow", "face"):
+        rows = [json.loads(line) for line in (runs / f"{name}.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in rows] == [1, 2]
+        assert all(np.isfinite(v) for r in rows for k, v in r.items())
+        assert (runs / f"{name}.png").stat().st_size > 1000
+    longer = Budget(steps=3, minutes=5, save_every=1, log_every=1)
+    train_acoustic(data, runs, longer, device="cpu", batch=2, config=TINY)  # resumes at step 2
+    assert [json.loads(line)["step"] for line in (runs / "acoustic.jsonl").read_text().splitlines()] == [
+        1,
+        2,
+        3,
+    ]
+
+    shipped = export_weights(runs, tmp_path / "weights")
+    assert set(shipped) == {"acoustic", "waveglow", "face"}
+    acoustic = load_acoustic(shipped["acoustic"])
+    assert acoustic.config == TINY
+    waveglow = load_waveglow(shipped["waveglow"])  # NVIDIA's DLE layout, weight norm folded at load
+    assert waveglow.config.n_channels == 64 and waveglow.config.n_flows == 8
+    raw = torch.load(shipped["waveglow"], weights_only=True)
+    assert any(k.startswith("module.WN.0.in_layers.0.weight_g") for k in raw["state_dict"])
+    face = load_wav2lip(shipped["face"])
+    assert face.width == 0.125
+    out = face(torch.zeros(1, 1, 80, 16), torch.zeros(1, 6, 96, 96))
+    assert out.shape == (1, 3, 96, 96)
+
+
+def test_a_checkpoint_that_is_not_ours_is_refused_with_the_reason(tmp_path: Path) -> None:
+    path = tmp_path / "other.pt"
+    torch.save({"state_dict": {}}, path)
+    with pytest.raises(WeightsError, match="not an acoustic-model checkpoint"):
+        load_acoustic(path)
+    torch.save({"model": {"embedding.weight": torch.zeros(3, 3)}, "config": {}}, path)
+    with pytest.raises(WeightsError, match=r"embedding\.weight"):
+        load_acoustic(path)
+
+
+def test_shipped_acoustic_model_with_hifigan_meets_the_wer_gate_on_held_out_news() -> None:
+    from engines.asr.ct2_whisper import CT2Whisper
+    from engines.registry import hifigan_spec, load_hifigan
+
+    path = ACOUSTIC_WEIGHTS.resolve()
+    assert path.stat().st_size <= 20 * 2**20
+    model = load_acoustic(path)
+    vocoder = load_hifigan(hifigan_spec().weights.resolve()).eval()
+    voice = PiperVoice.for_model(JOE_MODEL.resolve())
+    asr = CT2Whisper()
+    heard = []
+    for text in HELD_OUT:
+        mel = mel_of(model, voice.phoneme_ids(normalize(text))[0])
+        with torch.inference_mode():
+            audio = vocoder(mel[None]).reshape(-1).numpy()
+        heard.append(asr.recognize(resample(np.clip(audio, -1, 1), 22050, 16000)).text)
+    assert word_error_rate(list(HELD_OUT), heard) <= 0.15, heard
+
+
+def test_shipped_face_gan_lip_syncs_a_voice_it_never_heard() -> None:
+    from anchor.bench.voices import espeak
+    from anchor.face.animator import mouth_opening
+    from anchor.face.portrait import default_image, make_portrait
+    from anchor.face.wav2lip_driver import Wav2LipDriver
+    from anchor.quality import best_lag
+    from engines.face.wav2lip import load_wav2lip, mel_windows, melspectrogram
+    from engines.weights import WeightsSource
+
+    path = WeightsSource.project("face_gan.pth").resolve()
+    assert path.stat().st_size <= 20 * 2**20
+    generator = load_wav2lip(path)
+    portrait = make_portrait(default_image())
+    driver = Wav2LipDriver(portrait)
+    for k, text in enumerate(HELD_OUT[:3]):
+        audio = espeak(text, 160 + 10 * k, 40 + 10 * k)
+        count = len(audio) // 640
+        windows = mel_windows(melspectrogram(audio), 0, count, 25.0)
+        faces = np.repeat(driver.crops[0].faces, count, 0)
+        with torch.inference_mode():
+            generated = generator(torch.from_numpy(windows), torch.from_numpy(faces)).numpy()
+        opening = np.array([mouth_opening(f, portrait) for f in driver.compose(generated)])
+        envelope = np.array([np.sqrt(np.mean(audio[i * 640 : (i + 1) * 640] ** 2)) for i in range(count)])
+        lag, correlation = best_lag(opening, envelope)
+        assert correlation >= 0.6 and abs(lag) <= 1, (text, lag, correlation)
