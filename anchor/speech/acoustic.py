@@ -8,25 +8,23 @@ is exactly what decoding the whole phrase would give (see ``FastSpeech.decode_ch
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
-from anchor.frames import EndOfUtterance, Frame, MelChunk, TextDelta
+from anchor.speech.mel_tts import MelTTS
 from anchor.speech.normalize import normalize
-from anchor.speech.phrases import PhraseSplitter
-from anchor.stage import Stage, StageContext
+from anchor.stage import StageContext
 from engines.models.fastspeech import FastSpeech
 from engines.voices.acoustic import ACOUSTIC_WEIGHTS, load_acoustic
 from engines.voices.piper import JOE_MODEL, PiperVoice
 
 
-class AcousticTTS(Stage):
+class AcousticTTS(MelTTS):
     """Phrases of streamed text -> ``MelChunk``s (22050 Hz, hop 256, 80 log-mels) for a vocoder stage."""
-
-    accepts = (TextDelta,)
 
     def __init__(
         self,
@@ -37,37 +35,17 @@ class AcousticTTS(Stage):
         length_scale: float = 1.0,
         first_words: int = 6,
     ) -> None:
-        super().__init__(name)
+        super().__init__(name, first_words=first_words)
         self.checkpoint = checkpoint
         self.chunk_frames = chunk_frames
         self.length_scale = length_scale
-        self.first_words = first_words
         self._model: FastSpeech | None = None
         self._voice: PiperVoice | None = None
-        self._splitters: dict[str, PhraseSplitter] = {}
-        self._pts: dict[str, int] = {}
 
     async def start(self, ctx: StageContext) -> None:
         await super().start(ctx)
         self._model = await ctx.run_blocking(load_acoustic, self.checkpoint or ACOUSTIC_WEIGHTS.resolve())
         self._voice = await ctx.run_blocking(PiperVoice.for_model, JOE_MODEL.resolve())
-
-    async def process(self, frame: Frame) -> AsyncGenerator[Frame, None]:
-        uid = frame.utterance_id
-        if isinstance(frame, TextDelta):
-            splitter = self._splitters.setdefault(uid, PhraseSplitter(first_words=self.first_words))
-            for phrase in splitter.feed(frame.text):
-                async for mel in self._speak(uid, phrase):
-                    yield mel
-        elif isinstance(frame, EndOfUtterance):
-            ending = self._splitters.pop(uid, None)
-            for phrase in ending.flush() if ending else []:
-                async for mel in self._speak(uid, phrase):
-                    yield mel
-            self._pts.pop(uid, None)
-            yield frame
-        else:
-            yield frame
 
     def _chunks(self, ids: list[int]) -> Iterator[torch.Tensor]:
         assert self._model is not None
@@ -77,7 +55,7 @@ class AcousticTTS(Stage):
             expanded = torch.repeat_interleave(hidden, frames, dim=1)
         return self._model.decode_chunks(expanded, self.chunk_frames)
 
-    async def _speak(self, uid: str, phrase: str) -> AsyncGenerator[MelChunk, None]:
+    async def _blocks(self, phrase: str) -> AsyncIterator[npt.NDArray[np.float32]]:
         assert self._voice is not None
         text = normalize(phrase)
         if not any(ch.isalnum() for ch in text):
@@ -85,12 +63,4 @@ class AcousticTTS(Stage):
         for ids in await self.run_blocking(self._voice.phoneme_ids, text):
             chunks = await self.run_blocking(self._chunks, ids)
             while (mel := await self.run_blocking(next, chunks, None)) is not None:
-                pts = self._pts.get(uid, 0)
-                block = np.ascontiguousarray(mel[0].numpy(), dtype=np.float32)
-                self._pts[uid] = pts + block.shape[1] * 256
-                yield MelChunk(mel=block, sample_rate=22050, hop_length=256, pts=pts, utterance_id=uid)
-
-    def on_cancel(self, utterance_ids: frozenset[str]) -> None:
-        for uid in utterance_ids:
-            self._splitters.pop(uid, None)
-            self._pts.pop(uid, None)
+                yield mel[0].numpy()

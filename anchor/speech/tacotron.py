@@ -2,26 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
-from anchor.frames import EndOfUtterance, Frame, MelChunk, TextDelta
+from anchor.speech.mel_tts import MelTTS
 from anchor.speech.normalize import normalize
-from anchor.speech.phrases import PhraseSplitter
-from anchor.stage import Stage, StageContext
+from anchor.stage import StageContext
 from engines.models.tacotron2 import Tacotron2
 from engines.voices.tacotron2 import load_tacotron2
 from engines.voices.tacotron_text import text_to_ids
 
 
-class Tacotron2TTS(Stage):
+class Tacotron2TTS(MelTTS):
     """Phrases of streamed text -> ``MelChunk``s (22050 Hz, hop 256) for a vocoder stage."""
-
-    accepts = (TextDelta,)
 
     def __init__(
         self,
@@ -38,8 +36,6 @@ class Tacotron2TTS(Stage):
         self.gate_threshold = gate_threshold
         self.max_decoder_steps = max_decoder_steps
         self._model: Tacotron2 | None = None
-        self._splitters: dict[str, PhraseSplitter] = {}
-        self._pts: dict[str, int] = {}
 
     async def start(self, ctx: StageContext) -> None:
         await super().start(ctx)
@@ -49,36 +45,11 @@ class Tacotron2TTS(Stage):
         )
         self._model = model
 
-    async def process(self, frame: Frame) -> AsyncGenerator[Frame, None]:
-        uid = frame.utterance_id
-        if isinstance(frame, TextDelta):
-            splitter = self._splitters.setdefault(uid, PhraseSplitter())
-            for phrase in splitter.feed(frame.text):
-                async for mel in self._speak(uid, phrase):
-                    yield mel
-        elif isinstance(frame, EndOfUtterance):
-            ending = self._splitters.pop(uid, None)
-            for phrase in ending.flush() if ending else []:
-                async for mel in self._speak(uid, phrase):
-                    yield mel
-            self._pts.pop(uid, None)
-            yield frame
-        else:
-            yield frame
-
-    async def _speak(self, uid: str, phrase: str) -> AsyncGenerator[MelChunk, None]:
+    async def _blocks(self, phrase: str) -> AsyncIterator[npt.NDArray[np.float32]]:
         assert self._model is not None
         ids = text_to_ids(normalize(phrase))
         if len(ids) < 2:
             return
         chunks: Iterator[torch.Tensor] = self._model.stream(torch.tensor([ids]), chunk=self.chunk_frames)
         while (mel := await self.run_blocking(next, chunks, None)) is not None:
-            pts = self._pts.get(uid, 0)
-            block = np.ascontiguousarray(mel[0].numpy(), dtype=np.float32)
-            self._pts[uid] = pts + block.shape[1] * 256
-            yield MelChunk(mel=block, sample_rate=22050, hop_length=256, pts=pts, utterance_id=uid)
-
-    def on_cancel(self, utterance_ids: frozenset[str]) -> None:
-        for uid in utterance_ids:
-            self._splitters.pop(uid, None)
-            self._pts.pop(uid, None)
+            yield mel[0].numpy()

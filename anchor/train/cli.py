@@ -103,10 +103,12 @@ def add_train_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     p = parts.add_parser("face", help="the default animator over the speech: 96x96 crops and mels")
     p.add_argument("--shards", type=int, default=8, help="speech shards to animate (default 8)")
     p.set_defaults(func=_data_face)
-    for p in parts.choices.values():
+    for part, p in parts.choices.items():
         p.add_argument("--out", type=Path, default=DEFAULT_DATA, help=f"data folder (default {DEFAULT_DATA})")
-        p.add_argument("--workers", type=int, default=None, help="processes (default: every core)")
-        p.add_argument("--voice-model", type=Path, default=None, help="the teacher's Piper ONNX file")
+        if part != "corpus":
+            p.add_argument("--workers", type=int, default=None, help="processes (default: every core)")
+        if part != "face":
+            p.add_argument("--voice-model", type=Path, default=None, help="the teacher's Piper ONNX file")
 
     for name, what in (
         ("acoustic", "the FastSpeech-style acoustic model, distilled from Piper"),

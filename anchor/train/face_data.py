@@ -16,6 +16,7 @@ animator draws for that frame, one frame of lookahead included.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from pathlib import Path
 
@@ -65,7 +66,8 @@ def animate(audio16k: npt.NDArray[np.float32], portrait: Portrait) -> npt.NDArra
 
 def _init() -> None:
     global _portrait
-    cv2.setNumThreads(1)
+    if multiprocessing.parent_process() is not None:
+        cv2.setNumThreads(1)  # one warp per worker process; the caller's own setting is left alone
     _portrait = make_portrait(default_image())
 
 
@@ -94,9 +96,8 @@ def render_faces(data: Path, *, shards: int, workers: int | None = None) -> list
     """Face shards for the first ``shards`` speech shards (missing ones only); return them all."""
     out = data / "face"
     out.mkdir(parents=True, exist_ok=True)
-    _init()
-    assert _portrait is not None
-    np.save(out / "reference.npy", crop_of(_portrait.image, _portrait))
+    portrait = make_portrait(default_image())
+    np.save(out / "reference.npy", crop_of(portrait.image, portrait))
     jobs = [(s, out / s.name) for s in speech_shards(data)[:shards]]
     todo = [j for j in jobs if not j[1].is_file()]
     workers = workers or max(1, min(len(todo), os.cpu_count() or 1))

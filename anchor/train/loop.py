@@ -76,8 +76,7 @@ class Run:
         return min(1.0, max(self.step / self.budget.steps, elapsed / self.budget.minutes))
 
     def running(self) -> bool:
-        elapsed = (time.monotonic() - self._began) / 60
-        return self.step < self.budget.steps and elapsed < self.budget.minutes
+        return self.progress() < 1.0
 
     def record(self, losses: Mapping[str, float]) -> None:
         """Add one step's losses; every ``log_every`` steps their means go to the log."""

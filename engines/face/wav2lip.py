@@ -183,7 +183,9 @@ def load_wav2lip(path: Path | str) -> Wav2Lip:
     except ValueError as exc:
         raise WeightsError(f"Wav2Lip checkpoint {path}: {exc}") from None
     check_state_dict(model, state, str(path))
-    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    model.load_state_dict(
+        {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=True
+    )
     return model.eval()
 
 

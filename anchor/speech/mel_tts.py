@@ -1,0 +1,64 @@
+"""What every acoustic stage of the mel path shares: phrases in, ``MelChunk``s out, pts per utterance.
+
+A subclass turns one phrase into mel blocks (``[80, frames]`` log-mels at
+22050 Hz, hop 256) with ``_blocks``; this base splits the streamed text into
+phrases, stamps each block's pts, flushes at ``EndOfUtterance`` and forgets
+cancelled utterances.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterator
+
+import numpy as np
+import numpy.typing as npt
+
+from anchor.frames import EndOfUtterance, Frame, MelChunk, TextDelta
+from anchor.speech.phrases import PhraseSplitter
+from anchor.stage import Stage
+
+HOP = 256
+RATE = 22050
+
+
+class MelTTS(Stage):
+    accepts = (TextDelta,)
+
+    def __init__(self, name: str, *, first_words: int = 6) -> None:
+        super().__init__(name)
+        self.first_words = first_words
+        self._splitters: dict[str, PhraseSplitter] = {}
+        self._pts: dict[str, int] = {}
+
+    def _blocks(self, phrase: str) -> AsyncIterator[npt.NDArray[np.float32]]:
+        """The phrase's mel, block by block, as soon as each is ready."""
+        raise NotImplementedError
+
+    async def process(self, frame: Frame) -> AsyncGenerator[Frame, None]:
+        uid = frame.utterance_id
+        if isinstance(frame, TextDelta):
+            splitter = self._splitters.setdefault(uid, PhraseSplitter(first_words=self.first_words))
+            for phrase in splitter.feed(frame.text):
+                async for mel in self._speak(uid, phrase):
+                    yield mel
+        elif isinstance(frame, EndOfUtterance):
+            ending = self._splitters.pop(uid, None)
+            for phrase in ending.flush() if ending else []:
+                async for mel in self._speak(uid, phrase):
+                    yield mel
+            self._pts.pop(uid, None)
+            yield frame
+        else:
+            yield frame
+
+    async def _speak(self, uid: str, phrase: str) -> AsyncGenerator[MelChunk, None]:
+        async for block in self._blocks(phrase):
+            pts = self._pts.get(uid, 0)
+            mel = np.ascontiguousarray(block, dtype=np.float32)
+            self._pts[uid] = pts + mel.shape[1] * HOP
+            yield MelChunk(mel=mel, sample_rate=RATE, hop_length=HOP, pts=pts, utterance_id=uid)
+
+    def on_cancel(self, utterance_ids: frozenset[str]) -> None:
+        for uid in utterance_ids:
+            self._splitters.pop(uid, None)
+            self._pts.pop(uid, None)
