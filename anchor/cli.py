@@ -312,6 +312,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     settings = _section(settings, "mqtt", "--mqtt", url=args.mqtt)
     settings = _section(settings, "webrtc", "--host/--port", host=args.host, port=args.port)
     settings = _section(settings, "news", "--news/--news-db", scripts=args.news, database=args.news_db)
+    settings = _section(settings, "face", "--face", driver=args.face)
     answering = settings.responder.model_dump()
     for section, key, value in (
         ("faq", "path", args.faq),
@@ -334,6 +335,7 @@ def _cmd_lipsync(args: argparse.Namespace) -> int:
     from anchor.face.portrait import AvatarError
 
     settings = _with_weights(_settings(args), "wav2lip", args.checkpoint)
+    settings = _section(settings, "face", "--face", driver=args.face)
     try:
         result = asyncio.run(
             lipsync(
@@ -341,7 +343,7 @@ def _cmd_lipsync(args: argparse.Namespace) -> int:
                 args.audio,
                 args.out,
                 avatar=args.avatar,
-                driver_name="wav2lip" if args.checkpoint is not None else args.face,
+                driver_name="wav2lip" if args.checkpoint is not None else settings.face.driver,
             )
         )
     except (AvatarError, ValueError) as exc:
@@ -483,6 +485,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--llm-url", default=None, help="OpenAI-compatible API root, e.g. http://127.0.0.1:8000/v1"
     )
     p.add_argument("--llm-model", default=None, help="the model name the endpoint serves")
+    p.add_argument(
+        "--face", choices=("gan", "animator"), default=None, help="what draws the face (default: gan)"
+    )
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("lipsync", help="a WAV file onto an avatar: a talking-head MP4 (H.264 + AAC)")
@@ -493,9 +498,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--face",
-        choices=("animator", "gan"),
-        default="animator",
-        help="the default animator, or our trained face GAN (shipped weights)",
+        choices=("gan", "animator"),
+        default=None,
+        help="our trained face GAN (shipped weights) or the weightless animator (default: gan)",
     )
     p.add_argument("--checkpoint", type=Path, default=None, help="a Wav2Lip checkpoint (overrides --face)")
     p.set_defaults(func=_cmd_lipsync)

@@ -91,6 +91,16 @@ class GraphSettings(_Section):
         return self
 
 
+class FaceSettings(_Section):
+    driver: Literal["gan", "animator"] = Field(
+        "gan",
+        description=(
+            "What draws the talking face: our trained face GAN (Wav2Lip topology, shipped weights) "
+            "or the weightless audio-driven animator."
+        ),
+    )
+
+
 class RuntimeSettings(_Section):
     worker_threads: int = Field(4, ge=1, le=64, description="Threads for blocking model calls.")
     event_queue: int = Field(1024, ge=16, description="Per-subscriber session event buffer.")
@@ -168,6 +178,7 @@ class AnchorSettings(BaseSettings):
 
     media: MediaSettings = MediaSettings()
     graph: GraphSettings = GraphSettings()
+    face: FaceSettings = FaceSettings()
     runtime: RuntimeSettings = RuntimeSettings()
     metrics: MetricsSettings = MetricsSettings()
     engines: EngineSettings = EngineSettings()

@@ -30,10 +30,10 @@ from pydantic import SecretStr
 from anchor.aio import TaskOwner
 from anchor.config import AnchorSettings, ConfigError, ResponderSettings
 from anchor.control import SessionControl
-from anchor.face.animator import MouthRenderer
+from anchor.face.drivers import DriverName, face_driver
 from anchor.face.look import PortraitLook
 from anchor.face.portrait import Portrait, default_image, fit, make_portrait
-from anchor.face.stage import AnimatorDriver, FaceStage
+from anchor.face.stage import FaceStage
 from anchor.graph import AUDIO_OUT, VIDEO_OUT, Graph
 from anchor.listen.recognizer import SpeechRecognizer
 from anchor.news.desk import DeskTiming, NewsDesk
@@ -56,8 +56,8 @@ log = logging.getLogger(__name__)
 SESSION = "main"
 
 
-def anchor_graph(portrait: Portrait, fps: int, responder: Stage) -> Graph:
-    """Say/Ask -> responder -> default voice -> program audio, and -> default face -> program video.
+def anchor_graph(portrait: Portrait, fps: int, responder: Stage, face: DriverName = "gan") -> Graph:
+    """Say/Ask -> responder -> default voice -> program audio, and -> the ``face`` driver -> program video.
 
     Viewer audio (the page's talk button) goes to the speech recognizer: the
     viewer starting to speak interrupts the anchor (barge-in), and what was
@@ -65,9 +65,9 @@ def anchor_graph(portrait: Portrait, fps: int, responder: Stage) -> Graph:
     and, in a session that answers transcripts, a question for ``responder``.
     """
     tts = PiperTTS()
-    face = FaceStage(AnimatorDriver(MouthRenderer(portrait)), fps=fps)
+    stage = FaceStage(face_driver(face, portrait), fps=fps)
     graph = Graph().add(SpeechRecognizer()).chain(responder, tts).link(tts, AUDIO_OUT)
-    return graph.add(face).link(tts, face).link(face, VIDEO_OUT)
+    return graph.add(stage).link(tts, stage).link(stage, VIDEO_OUT)
 
 
 def live_responder(settings: ResponderSettings) -> Responder:
@@ -118,7 +118,7 @@ async def serve(
     # Each part is released (in reverse order) however far start-up got: a port in use, a bad broker.
     async with Runtime(settings) as runtime, contextlib.AsyncExitStack() as parts:
         session = await runtime.open_session(
-            anchor_graph(portrait, settings.media.fps, responder),
+            anchor_graph(portrait, settings.media.fps, responder, settings.face.driver),
             session_id=SESSION,
             look=PortraitLook(portrait),
             answer_transcripts=True,

@@ -48,3 +48,10 @@ def test_precise_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
 def test_video_budget_must_cover_audio_lookahead() -> None:
     with pytest.raises(ConfigError, match=r"video_channel_ms \(300\) must exceed audio_channel_ms \(400\)"):
         load_settings(graph={"video_channel_ms": 300})
+
+
+def test_the_face_driver_is_gan_by_default_and_checked() -> None:
+    assert load_settings().face.driver == "gan"
+    assert load_settings(face={"driver": "animator"}).face.driver == "animator"
+    with pytest.raises(ConfigError, match=r"face\.driver: Input should be 'gan' or 'animator'"):
+        load_settings(face={"driver": "puppet"})

@@ -44,10 +44,15 @@ def probe(path: Path) -> dict[str, tuple[str, float, float, int]]:
     return out
 
 
-def test_lipsync_writes_h264_and_aac_in_sync(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("face", [None, "animator"])
+def test_lipsync_writes_h264_and_aac_in_sync(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], face: str | None
+) -> None:
     write_wav(tmp_path / "talk.wav", speech_like(2.0), 22050)
-    assert main(["lipsync", str(tmp_path / "talk.wav"), "-o", str(tmp_path / "out.mp4")]) == 0
-    assert "50 frames" in capsys.readouterr().out
+    chosen = ["--face", face] if face else []
+    assert main(["lipsync", str(tmp_path / "talk.wav"), "-o", str(tmp_path / "out.mp4"), *chosen]) == 0
+    out = capsys.readouterr().out
+    assert "50 frames" in out and f"with the {face or 'gan'} face" in out, out
     streams = probe(tmp_path / "out.mp4")
     codec, fps, video_s, frames = streams["video"]
     assert (codec, fps, frames) == ("h264", 25.0, 50)

@@ -42,6 +42,7 @@ async def test_the_live_anchor_serves_speaks_and_stops(tmp_path: Path) -> None:
                 seen["page"] = r.status, "RTCPeerConnection" in await r.text()
             async with http.post(f"{live.server.url}/say", json={"text": "Good evening."}) as r:
                 seen["say"] = r.status
+        seen["engines"] = set(live.runtime.engines.loaded())
         assert live.token is not None
         secret = live.server.settings.jwt_secret
         assert secret is not None
@@ -53,6 +54,7 @@ async def test_the_live_anchor_serves_speaks_and_stops(tmp_path: Path) -> None:
     assert seen["health"] == {"peers": 0, "sessions": ["main"], "draining": False}
     assert seen["page"] == (200, True)
     assert seen["say"] == 202
+    assert "face-gan" in seen["engines"], "our trained face GAN draws the live face by default"
 
 
 async def test_a_viewer_who_speaks_interrupts_is_transcribed_and_answered(tmp_path: Path) -> None:

@@ -133,7 +133,7 @@ async def bench_soak(settings: AnchorSettings, *, minutes: float = 10.0, session
             for n in range(sessions):
                 responder = Responder({"llm": _broken_llm}, "llm" if n == sessions - 1 else "off")
                 session = await runtime.open_session(
-                    anchor_graph(portrait, settings.media.fps, responder),
+                    anchor_graph(portrait, settings.media.fps, responder, settings.face.driver),
                     session_id=f"soak{n}",
                     look=PortraitLook(portrait),
                 )

@@ -17,15 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from anchor.config import AnchorSettings
-from anchor.face.animator import MouthRenderer
 from anchor.face.avatar import load_avatar
+from anchor.face.drivers import DriverName, face_driver
 from anchor.face.look import PortraitLook
-from anchor.face.stage import AnimatorDriver, FaceDriver, FaceStage
-from anchor.face.wav2lip_driver import Wav2LipDriver
+from anchor.face.stage import FaceStage
 from anchor.frames import AudioChunk, EndOfUtterance, Frame, VideoFrame
 from anchor.offline import read_wav, run_stages
 from anchor.runtime import Runtime
-from engines.face.wav2lip import FACE_GAN
 from streams.mp4 import MediaWriter
 
 
@@ -38,7 +36,7 @@ class LipsyncResult:
 
 
 async def lipsync(
-    settings: AnchorSettings, audio_path: Path, out: Path, *, avatar: Path | None, driver_name: str
+    settings: AnchorSettings, audio_path: Path, out: Path, *, avatar: Path | None, driver_name: DriverName
 ) -> LipsyncResult:
     """``audio_path`` onto ``avatar`` into ``out``; driver ``animator``, ``gan`` (ours) or ``wav2lip``."""
     audio, rate = await asyncio.to_thread(read_wav, audio_path)
@@ -46,12 +44,7 @@ async def lipsync(
     if len(mono) == 0:
         raise ValueError(f"{audio_path} holds no audio")
     portraits = await asyncio.to_thread(load_avatar, avatar)
-    driver: FaceDriver
-    if driver_name in ("gan", "wav2lip"):
-        engine = FACE_GAN if driver_name == "gan" else "wav2lip"
-        driver, name = Wav2LipDriver(*portraits, engine=engine), driver_name
-    else:
-        driver, name = AnimatorDriver(*(MouthRenderer(p) for p in portraits)), "animator"
+    driver = face_driver(driver_name, *portraits)
     look = PortraitLook(portraits[0]) if len(portraits) == 1 else None
     fps = settings.media.fps
     step = rate // 50
@@ -77,4 +70,4 @@ async def lipsync(
     expected = math.ceil(len(mono) * fps / rate)
     if written != expected:
         raise RuntimeError(f"lipsync rendered {written} frames for {expected} frames of audio")
-    return LipsyncResult(frames=written, audio_s=audio_s, video_s=video_s, driver=name)
+    return LipsyncResult(frames=written, audio_s=audio_s, video_s=video_s, driver=driver_name)

@@ -119,7 +119,7 @@ def train_face(
     width: float = 0.25,
     lr: float = 2e-4,
     adversarial: float = 0.07,
-    adversarial_after: int = 2000,
+    adversarial_after: int = 500,
     seed: int = 0,
 ) -> Path:
     torch.manual_seed(seed)
