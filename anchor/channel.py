@@ -146,6 +146,10 @@ class Channel:
     def peek(self) -> Frame | None:
         return self._items[0] if self._items else None
 
+    def holds(self, test: Callable[[Frame], bool]) -> bool:
+        """Whether any queued frame passes ``test``."""
+        return any(test(f) for f in self._items)
+
     def flush(self, should_drop: Callable[[Frame], bool]) -> int:
         """Remove every queued frame ``should_drop`` selects; wake blocked producers.
 

@@ -137,11 +137,11 @@ def _with_weights(settings: AnchorSettings, engine: str, path: Path | None) -> A
     return settings.model_copy(update={"engines": settings.engines.model_copy(update={"weights": weights})})
 
 
-def _vocoder_stage(name: str, sigma: float) -> Stage:
-    from anchor.speech.vocoder import VocoderStage
+def _vocoder_stage(name: str, sigma: float | None, settings: AnchorSettings) -> Stage:
+    from anchor.speech.vocoder import VocoderStage, waveglow_stage
 
     if name == "waveglow":
-        return VocoderStage(engine="waveglow", noise_channels=8, sigma=sigma)
+        return waveglow_stage(settings, sigma)
     return VocoderStage(engine="hifigan")
 
 
@@ -156,7 +156,7 @@ def _cmd_say(args: argparse.Namespace) -> int:
     settings = _with_weights(_settings(args), args.vocoder, args.vocoder_checkpoint)
     if args.voice == "mel":
         acoustic: Stage = Tacotron2TTS(args.checkpoint) if args.checkpoint else AcousticTTS()
-        stages: list[Stage] = [acoustic, _vocoder_stage(args.vocoder, args.sigma)]
+        stages: list[Stage] = [acoustic, _vocoder_stage(args.vocoder, args.sigma, settings)]
     else:
         stages = [PiperTTS()]
 
@@ -205,7 +205,7 @@ def _cmd_vocode(args: argparse.Namespace) -> int:
             EndOfUtterance(utterance_id="vocode"),
         ]
         async with Runtime(settings) as runtime:
-            stage = _vocoder_stage(args.vocoder, args.sigma)
+            stage = _vocoder_stage(args.vocoder, args.sigma, settings)
             return [f async for f in run_stages(runtime, [stage], frames) if isinstance(f, AudioChunk)]
 
     audio = join_audio(asyncio.run(render()))
@@ -441,7 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--vocoder-checkpoint", type=Path, default=None, help="vocoder weights (WaveGlow needs one)"
     )
-    p.add_argument("--sigma", type=float, default=0.6, help="WaveGlow noise scale")
+    p.add_argument(
+        "--sigma", type=float, default=None, help="WaveGlow noise scale (default: the checkpoint's, else 0.6)"
+    )
     p.set_defaults(func=_cmd_say)
 
     p = sub.add_parser("vocode", help="vocode a log-mel .npy ([80, T]) into a WAV file")
@@ -453,7 +455,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="HiFi-GAN generator, or WaveGlow (NVIDIA .pt or DLE/NGC); default: the packaged HiFi-GAN",
     )
-    p.add_argument("--sigma", type=float, default=0.6, help="WaveGlow noise scale (0 = deterministic)")
+    p.add_argument(
+        "--sigma",
+        type=float,
+        default=None,
+        help="WaveGlow noise scale, 0 = deterministic (default: the checkpoint's, else 0.6)",
+    )
     p.add_argument("-o", "--out", type=Path, required=True)
     p.set_defaults(func=_cmd_vocode)
 

@@ -41,6 +41,16 @@ class MediaSettings(_Section):
         20.0, ge=0, le=500, description="How far ahead of wall time the pacer may release media."
     )
     fade_ms: float = Field(5.0, ge=0, le=100, description="Fade-out applied when speech is cut.")
+    video_wait_ms: float = Field(
+        500.0,
+        ge=0,
+        le=2000,
+        description=(
+            "In a session with a face, how long an utterance's first audio may wait for its first video "
+            "frame, so the mouth moves from the first syllable (a face with lookahead, such as the GAN's "
+            "210 ms mel window, is otherwise late for the first frames); 0 never waits."
+        ),
+    )
 
     @model_validator(mode="after")
     def _frame_fits_rate(self) -> MediaSettings:

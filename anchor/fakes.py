@@ -29,6 +29,8 @@ class FakeStageError(RuntimeError):
 class Faults:
     latency_s: float = 0.0
     blocking_s: float = 0.0
+    #: Extra wait before an utterance's first output only (a model with lookahead, a cold start).
+    first_output_s: float = 0.0
     fail_marker: str | None = None
     hang_marker: str | None = None
 
@@ -41,6 +43,7 @@ class _Faulty(Stage):
         self.faults = faults
         self._fail: set[str] = set()
         self._hang: set[str] = set()
+        self._started: set[str] = set()
 
     def note_text(self, frame: Frame, text: str) -> None:
         """An utterance whose text carries a marker fails (or hangs) in this stage."""
@@ -56,6 +59,9 @@ class _Faulty(Stage):
             await asyncio.Event().wait()
         if uid in self._fail:
             raise FakeStageError(f"{self.name}: injected failure on {uid}")
+        if self.faults.first_output_s and uid not in self._started:
+            self._started.add(uid)
+            await asyncio.sleep(self.faults.first_output_s)
         if self.faults.latency_s:
             await asyncio.sleep(self.faults.latency_s)
         if self.faults.blocking_s:
@@ -64,6 +70,7 @@ class _Faulty(Stage):
     def forget(self, utterance_ids: frozenset[str]) -> None:
         self._fail -= utterance_ids
         self._hang -= utterance_ids
+        self._started -= utterance_ids
 
     def on_cancel(self, utterance_ids: frozenset[str]) -> None:
         self.forget(utterance_ids)

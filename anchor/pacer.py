@@ -16,6 +16,9 @@ Release rules (``lead`` = ``media.pacer_lead_ms``):
   short fade-out of the cut speech so there is no click;
 - a speech frame whose audio is not there in time is filled with silence and
   counted as an underrun; the utterance resumes after it, video shifted along;
+- with a face (``expects_video``), a new utterance's speech waits (idle
+  silence goes on) until its first video frame is queued, at most
+  ``media.video_wait_ms``: the voice then starts with its mouth, not before;
 - video leaves when due; a frame that missed its slot is dropped; when no
   frame is due the idle source fills the slot.
 
@@ -176,8 +179,11 @@ class OutputPacer:
         listener: PacerListener,
         is_stale: Callable[[Frame], bool],
         is_live: Callable[[str], bool],
+        expects_video: bool = False,
     ) -> None:
         self.sample_rate = media.sample_rate
+        self.expects_video = expects_video
+        self.video_wait_s = media.video_wait_ms / 1000
         self.frame_samples = media.audio_frame_samples
         self.fps = Fraction(media.fps)
         self.lead_s = media.pacer_lead_ms / 1000
@@ -215,6 +221,7 @@ class OutputPacer:
         self._ended = RecentIds(_OFFSETS_KEPT)
         self._video_started = RecentIds(_OFFSETS_KEPT)
         self._cut: tuple[npt.NDArray[np.float32], set[int]] | None = None
+        self._hold: tuple[str, float] | None = None  # the utterance whose speech waits for its face, since
         self._v_offset = 0
         self._v_index = 0
         self._v_last_pts = -1
@@ -289,9 +296,23 @@ class OutputPacer:
     def _has_speech(self) -> bool:
         return self._chunk is not None or self.audio.peek() is not None
 
+    def _holding(self, now: float) -> bool:
+        """Whether the next utterance's speech still waits for its first video frame."""
+        head = self.audio.peek()
+        if not self.expects_video or self._chunk is not None or not isinstance(head, AudioChunk):
+            return False
+        uid = head.utterance_id
+        if uid in self._offsets or self.video.holds(lambda f: f.utterance_id == uid):
+            return False
+        if self._hold is None or self._hold[0] != uid:
+            self._hold = (uid, now)
+        return now - self._hold[1] < self.video_wait_s
+
     def _next_deadline(self) -> float:
         audio_due = self._time_of(self.head)
-        if self._has_speech():
+        if self._hold is not None and self._holding(asyncio.get_running_loop().time()):
+            audio_due = min(audio_due, self._hold[1] + self.video_wait_s)
+        elif self._has_speech():
             audio_due -= self.lead_s
         return min(audio_due, self._next_video_due())
 
@@ -303,10 +324,11 @@ class OutputPacer:
                 self._t0 += now - due
                 self.stalls += 1
                 due = now
+            holding = self._holding(now)
             if self._cut is not None:
                 self._release_cut()
-            elif (self._has_speech() and due <= now + self.lead_s) or due <= now:
-                self._release_audio()
+            elif (self._has_speech() and not holding and due <= now + self.lead_s) or due <= now:
+                self._release_audio(speech=not holding)
             else:
                 return
 
@@ -370,11 +392,12 @@ class OutputPacer:
         self._ended.add(utterance_id)
         self._listener.utterance_ended(utterance_id, reason)
 
-    def _release_audio(self) -> None:
+    def _release_audio(self, speech: bool = True) -> None:
+        """The next frame of the program: queued speech, or silence (also while ``speech`` is held)."""
         n = self.frame_samples
         pcm = np.zeros(n, dtype=np.float32)
         filled, uid = 0, ""
-        while filled < n:
+        while speech and filled < n:
             if self._chunk is None and not self._next_chunk(self.head + filled):
                 break
             chunk = self._chunk
@@ -386,7 +409,7 @@ class OutputPacer:
             uid = uid or chunk.utterance_id
             if self._pos >= chunk.num_samples:
                 self._chunk = None
-        if filled < n and self._speaking:
+        if speech and filled < n and self._speaking:
             self._listener.underrun(self._speaking, (n - filled) / self.sample_rate)
         target = 0.0 if self.muted else 1.0
         if self._gain != target or target == 0.0:  # ramp across one frame: no click

@@ -30,7 +30,7 @@ from anchor.frames import (
     TextDelta,
     Transcript,
 )
-from anchor.graph import Graph, GraphRun, Hooks
+from anchor.graph import VIDEO_OUT, Graph, GraphRun, Hooks
 from anchor.mailbox import Mailbox
 from anchor.metrics import Metrics
 from anchor.pacer import OutputPacer, StillImage, Subscription, VideoLook
@@ -143,6 +143,7 @@ class Session:
             listener=self,
             is_stale=self.utterances.is_stale,
             is_live=self.utterances.is_live,
+            expects_video=any(link.dst is VIDEO_OUT for link in graph.links),
         )
         self._run = GraphRun(
             graph,

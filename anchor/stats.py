@@ -8,7 +8,7 @@ import numpy as np
 
 
 def summarize(values: Sequence[float]) -> dict[str, float | int]:
-    """``{n, mean, p50, p90, p95, p99, max}`` of ``values`` (empty -> ``{n: 0}``)."""
+    """``{n, mean, min, p50, p90, p95, p99, max}`` of ``values`` (empty -> ``{n: 0}``)."""
     if not values:
         return {"n": 0}
     arr = np.asarray(values, dtype=np.float64)
@@ -16,6 +16,7 @@ def summarize(values: Sequence[float]) -> dict[str, float | int]:
     return {
         "n": int(arr.size),
         "mean": round(float(arr.mean()), 3),
+        "min": round(float(arr.min()), 3),
         "p50": round(float(p50), 3),
         "p90": round(float(p90), 3),
         "p95": round(float(p95), 3),

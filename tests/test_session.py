@@ -99,6 +99,42 @@ async def test_video_overflow_drops_the_oldest_and_counts() -> None:
     assert [v.index for v in tape.video_of(uid)][:2] == [10, 11], "the oldest frames went"
 
 
+async def test_speech_waits_for_its_first_face_frame_so_the_mouth_starts_with_the_voice() -> None:
+    # The face needs 0.3 s for its first frame (a model with lookahead): without the wait at the
+    # edge, the first frames would be late and dropped, and the voice would start on a still face.
+    tts = FakeTTS("tts", ms_per_word=MS_PER_WORD)
+    face = FakeFace("face", size=(32, 32), faults=Faults(first_output_s=0.3))
+    graph = Graph().chain(FakeResponder("responder"), tts).link(tts, AUDIO_OUT)
+    graph.add(face).link(tts, face).link(face, VIDEO_OUT)
+    async with Runtime(FAST) as rt:
+        session = await rt.open_session(graph)
+        events = session.events()
+        async with recording(session, audio_ms=10_000, video_frames=1000) as tape:
+            uid = await session.say(words(25))
+            await next_event(events, "utterance_finished", uid)
+    video = tape.video_of(uid)
+    assert video[0].index == 0, "no frame of the utterance came too late"
+    assert video[0].pts == tape.audio_of(uid)[0].pts, "the first frame shows the first sound"
+    assert [v.index for v in video] == list(range(len(video)))
+    assert_contiguous(tape)
+
+
+async def test_a_stalled_face_holds_speech_only_for_the_video_wait() -> None:
+    settings = FAST.model_copy(update={"media": FAST.media.model_copy(update={"video_wait_ms": 100.0})})
+    tts = FakeTTS("tts", ms_per_word=MS_PER_WORD)
+    face = FakeFace("face", size=(32, 32), faults=Faults(first_output_s=30.0))
+    graph = Graph().chain(FakeResponder("responder"), tts).link(tts, AUDIO_OUT)
+    graph.add(face).link(tts, face).link(face, VIDEO_OUT)
+    async with Runtime(settings) as rt:
+        session = await rt.open_session(graph)
+        events = session.events()
+        async with recording(session, audio_ms=10_000) as tape:
+            uid = await session.say(words(10))
+            await next_event(events, "utterance_finished", uid)
+    assert speech_samples(tape, uid) > 0 and not tape.video_of(uid), "the voice goes on without its face"
+    assert_contiguous(tape)
+
+
 async def test_interrupt_flushes_every_stage_and_the_sink() -> None:
     slow = Collect("slow", delay_s=0.01)
     tts = FakeTTS("tts", ms_per_word=MS_PER_WORD)

@@ -19,10 +19,10 @@ from anchor.train.face_data import render_faces
 from anchor.train.face_gan import train_face
 from anchor.train.loop import Budget
 from anchor.train.speech_data import HOP, SpeechShard, synthesize
-from anchor.train.waveglow import train_waveglow
+from anchor.train.waveglow import SAMPLE_SIGMA, SMALL, spectral_loss, train_waveglow, trainable
 from engines.face.wav2lip import load_wav2lip
 from engines.models.fastspeech import AcousticConfig, FastSpeech
-from engines.vocoders.waveglow import load_waveglow
+from engines.vocoders.waveglow import declared_sigma, load_waveglow
 from engines.voices.acoustic import ACOUSTIC_WEIGHTS, load_acoustic, mel_of
 from engines.voices.piper import JOE_MODEL, PiperVoice
 from engines.weights import WeightsError
@@ -97,7 +97,7 @@ def test_each_trainer_runs_resumes_and_exports_a_checkpoint_its_loader_reads(
     budget = Budget(steps=2, minutes=5, save_every=1, log_every=1)
     runs = tmp_path / "runs"
     train_acoustic(data, runs, budget, device="cpu", batch=2, config=TINY)
-    train_waveglow(data, runs, budget, device="cpu", batch=2, frames=16)
+    train_waveglow(data, runs, budget, device="cpu", batch=2, frames=16, nll_weight=0.1)
     train_face(data, runs, budget, device="cpu", batch=2, width=0.125)
     for name in ("acoustic", "waveglow", "face"):
         rows = [json.loads(line) for line in (runs / f"{name}.jsonl").read_text().splitlines()]
@@ -120,10 +120,36 @@ def test_each_trainer_runs_resumes_and_exports_a_checkpoint_its_loader_reads(
     assert waveglow.config.n_channels == 64 and waveglow.config.n_flows == 8
     raw = torch.load(shipped["waveglow"], weights_only=True)
     assert any(k.startswith("module.WN.0.in_layers.0.weight_g") for k in raw["state_dict"])
+    assert declared_sigma(shipped["waveglow"]) == SAMPLE_SIGMA, "samples are drawn at the trained sigma"
     face = load_wav2lip(shipped["face"])
     assert face.width == 0.125
     out = face(torch.zeros(1, 1, 80, 16), torch.zeros(1, 6, 96, 96))
     assert out.shape == (1, 3, 96, 96)
+
+
+def test_the_spectral_loss_is_zero_only_for_the_same_audio() -> None:
+    torch.manual_seed(0)
+    speech = torch.randn(2, 8192) * 0.1
+    same = spectral_loss(speech, speech)
+    assert all(float(v) < 1e-5 for v in same.values())
+    other = spectral_loss(speech * 0.5, speech)
+    assert all(float(v) > 0.05 for v in other.values())
+
+
+def test_waveglow_trains_through_its_inverse_exactly_as_it_infers() -> None:
+    torch.manual_seed(0)
+    model = trainable(SMALL)
+    for wn in model.WN:  # flows that do something: end layers are zero in a fresh model
+        torch.nn.init.normal_(wn.end.weight, std=0.01)
+    mel, z = torch.randn(1, 80, 8) - 5, torch.randn(1, 8, 256) * 0.1
+    model.train()
+    audio = model(mel, z)
+    audio.square().sum().backward()
+    assert all(conv.conv.weight.grad is not None for conv in model.convinv), "the 1x1 inverses learn"
+    model.eval()
+    model.refresh_inverses()
+    with torch.inference_mode():
+        torch.testing.assert_close(model(mel, z), audio.detach(), atol=1e-5, rtol=1e-4)
 
 
 def test_a_checkpoint_that_is_not_ours_is_refused_with_the_reason(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from engines.backends.ort_backend import OrtBackend
 from engines.backends.torch_backend import TorchBackend
 from engines.export import export_onnx
 from engines.spec import relative_error
-from engines.vocoders.waveglow import Denoiser, load_waveglow, waveglow_spec
+from engines.vocoders.waveglow import PUBLISHED_SIGMA, Denoiser, declared_sigma, load_waveglow, waveglow_spec
 from engines.weights import WeightsError, WeightsSource
 
 SMALL = {"n_mel_channels": 80, "n_flows": 6, "n_group": 8, "n_early_every": 2, "n_early_size": 2}
@@ -246,3 +246,20 @@ def test_onnx_export_matches_torch_and_denoiser_keeps_length(tmp_path: Path, ref
     audio = module.infer(torch.from_numpy(inputs["mel"]), sigma=0.0)
     cleaned = Denoiser(module)(audio, strength=0.1)
     assert cleaned.shape == audio.shape
+
+
+def test_the_sampling_sigma_comes_from_the_checkpoint_or_the_published_default(
+    tmp_path: Path, reference: RefWaveGlow
+) -> None:
+    assert declared_sigma(nvidia_checkpoint(tmp_path, reference)) == PUBLISHED_SIGMA == 0.6
+    dle = dle_checkpoint(tmp_path, reference)
+    assert declared_sigma(dle) == PUBLISHED_SIGMA
+    data = torch.load(dle, weights_only=True)
+    data["config"]["sigma"] = 0.1  # as our trainer writes it
+    torch.save(data, dle)
+    assert declared_sigma(dle) == 0.1
+    load_waveglow(dle)  # an extra config key is no reason to refuse the weights
+    data["config"]["sigma"] = "loud"
+    torch.save(data, dle)
+    with pytest.raises(WeightsError, match=r"config sigma must be a number 0\.\.4, got 'loud'"):
+        declared_sigma(dle)

@@ -72,23 +72,26 @@ async def bench_e2e(settings: AnchorSettings, *, rounds: int = 6) -> dict[str, A
         )
         met = None if target is None else value is not None and value <= target
         stages[name] = {"meaning": meaning, **summary, "target": {statistic: target, "met": met}}
-    return {"rounds": rounds, "questions": measured["questions"], "stages": stages}
+    return {
+        "rounds": rounds,
+        "face": settings.face.driver,
+        "questions": measured["questions"],
+        "stages": stages,
+    }
 
 
 def markdown(result: dict[str, Any]) -> str:
     lines = [
-        f"# anchor bench e2e ({result['rounds']} rounds per stage)",
+        f"# anchor bench e2e ({result['rounds']} rounds per stage, face: {result['face']})",
         "",
-        "| stage | p50 ms | p90 ms | p99 ms | max ms | target | met |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| stage | min ms | p50 ms | p90 ms | p99 ms | max ms | target | met |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, stage in result["stages"].items():
         (statistic, target), met = next(iter(stage["target"].items())), stage["target"]["met"]
         goal = "-" if target is None else f"{statistic} <= {target:g}"
-        lines.append(
-            f"| {name} | {stage.get('p50', '-')} | {stage.get('p90', '-')} | {stage.get('p99', '-')} | "
-            f"{stage.get('max', '-')} | {goal} | {'-' if met is None else 'yes' if met else 'no'} |"
-        )
+        cells = " | ".join(str(stage.get(k, "-")) for k in ("min", "p50", "p90", "p99", "max"))
+        lines.append(f"| {name} | {cells} | {goal} | {'-' if met is None else 'yes' if met else 'no'} |")
     return "\n".join(lines) + "\n"
 
 

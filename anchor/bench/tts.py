@@ -23,7 +23,7 @@ from anchor.runtime import Runtime
 from anchor.speech.acoustic import AcousticTTS
 from anchor.speech.normalize import normalize
 from anchor.speech.tts import PiperTTS
-from anchor.speech.vocoder import VocoderStage
+from anchor.speech.vocoder import VocoderStage, waveglow_stage
 from anchor.stage import Stage
 from anchor.stats import summarize
 from engines.audio.mel import mel_spectrogram
@@ -115,7 +115,7 @@ async def bench_tts(settings: AnchorSettings, *, rounds: int = 10, warmup: int =
         if "waveglow" in settings.engines.weights or WAVEGLOW_WEIGHTS.exists():
             results["acoustic_waveglow"] = await _stages_ttfa_rtf(
                 runtime,
-                lambda: [AcousticTTS(), VocoderStage(engine="waveglow", noise_channels=8, sigma=0.6)],
+                lambda: [AcousticTTS(), waveglow_stage(settings)],
                 rounds=2,
                 warmup=1,
             )
@@ -124,7 +124,7 @@ async def bench_tts(settings: AnchorSettings, *, rounds: int = 10, warmup: int =
         )
         if "waveglow" in settings.engines.weights:
             results["waveglow_streaming"] = await _vocoder_streaming(
-                runtime, lambda: VocoderStage(engine="waveglow", noise_channels=8, sigma=0.6), rounds=2
+                runtime, lambda: waveglow_stage(settings), rounds=2
             )
         results["backends"] = {
             name: f"{type(engine.backend).__name__} ({engine.backend.device}, {engine.backend.precision})"

@@ -144,7 +144,8 @@ class FaceStage(Stage):
 
     async def _render(self, uid: str, u: _Utterance, upto: int) -> AsyncGenerator[Frame, None]:
         while u.next_frame < upto:
-            count = min(self.batch, upto - u.next_frame)
+            # The first frame alone: the voice waits for it at the edge, so it must come soon.
+            count = 1 if u.next_frame == 0 else min(self.batch, upto - u.next_frame)
             images = await u.track.render(self.ctx, u.heard, u.next_frame, count)
             for k, image in enumerate(images):
                 yield VideoFrame(

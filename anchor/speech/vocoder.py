@@ -15,6 +15,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 import numpy as np
 import numpy.typing as npt
 
+from anchor.config import AnchorSettings
 from anchor.frames import AudioChunk, EndOfUtterance, Frame, MelChunk
 from anchor.speech.resample import StreamingResampler
 from anchor.stage import Stage, StageContext
@@ -188,3 +189,13 @@ class VocoderStage(Stage):
     def on_cancel(self, utterance_ids: frozenset[str]) -> None:
         for uid in utterance_ids:
             self._open.pop(uid, None)
+
+
+def waveglow_stage(settings: AnchorSettings, sigma: float | None = None) -> VocoderStage:
+    """WaveGlow through the hub at ``sigma``, or else the noise scale its weights declare."""
+    if sigma is None:
+        from engines.registry import catalog
+        from engines.vocoders.waveglow import declared_sigma
+
+        sigma = declared_sigma(catalog(settings.engines)["waveglow"].weights.resolve())
+    return VocoderStage(engine="waveglow", noise_channels=8, sigma=sigma)

@@ -91,6 +91,9 @@ class Invertible1x1Conv(nn.Module):
         self.w_inverse = torch.linalg.inv(w).to(self.conv.weight.dtype)[..., None]
 
     def reverse(self, z: torch.Tensor) -> torch.Tensor:
+        if self.training:  # a trainer backpropagates through the inverse, so it is taken afresh
+            inverse = torch.linalg.inv(self.conv.weight.squeeze(-1).float()).to(z.dtype)[..., None]
+            return nn.functional.conv1d(z, inverse)
         return nn.functional.conv1d(z, self.w_inverse.to(z.dtype))
 
 

@@ -15,6 +15,7 @@ Any channel, layer or flow counts work: they are read off the tensor shapes
 
 from __future__ import annotations
 
+import pickle
 import re
 from pathlib import Path
 from typing import Any
@@ -127,6 +128,29 @@ def _check_config(found: WaveGlowConfig, declared: dict[str, Any], path: Path) -
         raise WeightsError(
             f"WaveGlow checkpoint {path}: config and weights disagree: " + "; ".join(mismatched)
         )
+
+
+PUBLISHED_SIGMA = 0.6  # what NVIDIA samples its published WaveGlow models at
+
+
+def declared_sigma(path: Path | str) -> float:
+    """The noise scale a checkpoint is meant to be sampled at: its ``config['sigma']`` (our trainer
+    writes the sigma it trained samples at), else the published models' 0.6.
+
+    Only a tensors-only read is tried: a file that pickles a whole module (NVIDIA's own) declares no
+    sigma, and a file that cannot be read at all is reported by ``load_waveglow``.
+    """
+    try:
+        data = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError):
+        return PUBLISHED_SIGMA
+    config = data.get("config") if isinstance(data, dict) else None
+    sigma = config.get("sigma") if isinstance(config, dict) else None
+    if sigma is None:
+        return PUBLISHED_SIGMA
+    if isinstance(sigma, bool) or not isinstance(sigma, int | float) or not 0 <= sigma <= 4:
+        raise WeightsError(f"WaveGlow checkpoint {path}: config sigma must be a number 0..4, got {sigma!r}")
+    return float(sigma)
 
 
 def load_waveglow(path: Path | str) -> WaveGlow:
