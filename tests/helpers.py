@@ -24,6 +24,7 @@ def speech_graph(
     tts_faults: Faults | None = None,
     tts_timeout_s: float | None = None,
     face: bool = True,
+    face_faults: Faults | None = None,
     sample_rate: int = 48000,
 ) -> Graph:
     responder = FakeResponder("responder")
@@ -36,7 +37,7 @@ def speech_graph(
     )
     graph = Graph().chain(responder, tts).link(tts, AUDIO_OUT)
     if face:
-        f = FakeFace("face", size=(32, 32))
+        f = FakeFace("face", size=(32, 32), faults=face_faults or Faults())
         graph.add(f).link(tts, f).link(f, VIDEO_OUT)
     return graph
 

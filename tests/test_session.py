@@ -102,12 +102,8 @@ async def test_video_overflow_drops_the_oldest_and_counts() -> None:
 async def test_speech_waits_for_its_first_face_frame_so_the_mouth_starts_with_the_voice() -> None:
     # The face needs 0.3 s for its first frame (a model with lookahead): without the wait at the
     # edge, the first frames would be late and dropped, and the voice would start on a still face.
-    tts = FakeTTS("tts", ms_per_word=MS_PER_WORD)
-    face = FakeFace("face", size=(32, 32), faults=Faults(first_output_s=0.3))
-    graph = Graph().chain(FakeResponder("responder"), tts).link(tts, AUDIO_OUT)
-    graph.add(face).link(tts, face).link(face, VIDEO_OUT)
     async with Runtime(FAST) as rt:
-        session = await rt.open_session(graph)
+        session = await rt.open_session(speech_graph(face_faults=Faults(first_output_s=0.3)))
         events = session.events()
         async with recording(session, audio_ms=10_000, video_frames=1000) as tape:
             uid = await session.say(words(25))
@@ -121,12 +117,8 @@ async def test_speech_waits_for_its_first_face_frame_so_the_mouth_starts_with_th
 
 async def test_a_stalled_face_holds_speech_only_for_the_video_wait() -> None:
     settings = FAST.model_copy(update={"media": FAST.media.model_copy(update={"video_wait_ms": 100.0})})
-    tts = FakeTTS("tts", ms_per_word=MS_PER_WORD)
-    face = FakeFace("face", size=(32, 32), faults=Faults(first_output_s=30.0))
-    graph = Graph().chain(FakeResponder("responder"), tts).link(tts, AUDIO_OUT)
-    graph.add(face).link(tts, face).link(face, VIDEO_OUT)
     async with Runtime(settings) as rt:
-        session = await rt.open_session(graph)
+        session = await rt.open_session(speech_graph(face_faults=Faults(first_output_s=30.0)))
         events = session.events()
         async with recording(session, audio_ms=10_000) as tape:
             uid = await session.say(words(10))
