@@ -284,7 +284,7 @@ class OutputPacer:
             self._pump_audio(now)
             self._pump_video(now)
             self._wake.clear()
-            delay = self._next_deadline() - loop.time()
+            delay = self._next_deadline(now) - loop.time()
             if delay > 0:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
@@ -308,9 +308,9 @@ class OutputPacer:
             self._hold = (uid, now)
         return now - self._hold[1] < self.video_wait_s
 
-    def _next_deadline(self) -> float:
+    def _next_deadline(self, now: float) -> float:
         audio_due = self._time_of(self.head)
-        if self._hold is not None and self._holding(asyncio.get_running_loop().time()):
+        if self._hold is not None and self._holding(now):
             audio_due = min(audio_due, self._hold[1] + self.video_wait_s)
         elif self._has_speech():
             audio_due -= self.lead_s
