@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -95,7 +96,9 @@ class ProgramRecorder:
         self.audio_samples = at + chunk.num_samples
 
     async def _write_video(self, frame: VideoFrame) -> None:
-        index = round(self._place(frame.pts) * self.fps / frame.sample_rate)
+        # Halves round down, never to even: video half a frame after the first audio chunk's pts would
+        # otherwise land on 0, 2, 2, 4, 4, ... and every other frame be dropped as already covered.
+        index = math.ceil(self._place(frame.pts) * self.fps / frame.sample_rate - 0.5)
         writer = self._writer
         assert writer is not None
         if index < 0 or index < self.video_frames:
