@@ -121,6 +121,22 @@ def test_each_trainer_runs_resumes_and_exports_a_checkpoint_its_loader_reads(
     raw = torch.load(shipped["waveglow"], weights_only=True)
     assert any(k.startswith("module.WN.0.in_layers.0.weight_g") for k in raw["state_dict"])
     assert declared_sigma(shipped["waveglow"]) == SAMPLE_SIGMA, "samples are drawn at the trained sigma"
+    again = tmp_path / "again"
+    train_waveglow(
+        data,
+        again,
+        Budget(steps=1, minutes=5),
+        device="cpu",
+        batch=2,
+        frames=16,
+        seed=1,
+        init=shipped["waveglow"],
+    )
+    before = torch.load(shipped["waveglow"], weights_only=True)["state_dict"]["module.convinv.0.conv.weight"]
+    after = torch.load(again / "waveglow-final.pt", weights_only=True)["state_dict"][
+        "module.convinv.0.conv.weight"
+    ]
+    assert (after - before.float()).abs().max() < 0.01, "a run started from shipped weights goes on from them"
     face = load_wav2lip(shipped["face"])
     assert face.width == 0.125
     out = face(torch.zeros(1, 1, 80, 16), torch.zeros(1, 6, 96, 96))
@@ -179,6 +195,19 @@ def test_shipped_acoustic_model_with_hifigan_meets_the_wer_gate_on_held_out_news
             audio = vocoder(mel[None]).reshape(-1).numpy()
         heard.append(asr.recognize(resample(np.clip(audio, -1, 1), 22050, 16000)).text)
     assert word_error_rate(list(HELD_OUT), heard) <= 0.15, heard
+
+
+def test_shipped_waveglow_loads_through_the_public_loader_and_declares_its_sigma() -> None:
+    from engines.weights import WeightsSource
+
+    path = WeightsSource.project("waveglow.pt").resolve()
+    assert path.stat().st_size <= 20 * 2**20
+    model = load_waveglow(path)  # the DeepLearningExamples layout, weight norm folded
+    assert (model.config.n_flows, model.config.n_channels, model.config.n_layers) == (8, 64, 4)
+    assert declared_sigma(path) == SAMPLE_SIGMA
+    mel = torch.full((1, 80, 40), -11.5)  # silence
+    audio = model.infer(mel, sigma=SAMPLE_SIGMA, generator=torch.Generator().manual_seed(0))
+    assert audio.shape == (1, 40 * 256) and float(audio.abs().max()) < 0.1
 
 
 def test_shipped_face_gan_lip_syncs_a_voice_it_never_heard() -> None:

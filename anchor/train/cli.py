@@ -68,7 +68,9 @@ def _train(args: argparse.Namespace) -> int:
         "waveglow": train_waveglow,
         "face": train_face,
     }
-    extra = {"batch": args.batch} if args.batch else {}
+    extra: dict[str, object] = {"batch": args.batch} if args.batch else {}
+    if getattr(args, "init", None) is not None:
+        extra["init"] = args.init.expanduser()
     try:
         path = trainers[args.model](
             args.data.expanduser(), args.out.expanduser(), _budget(args), device=args.device, **extra
@@ -124,6 +126,10 @@ def add_train_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         p.add_argument("--batch", type=int, default=None)
         p.add_argument("--save-every", type=int, default=500)
         p.add_argument("--log-every", type=int, default=50)
+        if name == "waveglow":
+            p.add_argument(
+                "--init", type=Path, default=None, help="start a new run from these weights (e.g. shipped)"
+            )
         p.set_defaults(func=_train, model=name)
 
     p = kinds.add_parser("export", help="trained runs -> the fp16 weights shipped in engines/weights")

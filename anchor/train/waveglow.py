@@ -171,11 +171,14 @@ def train_waveglow(
     spectral_weight: float = 1.0,
     seed: int = 0,
     config: WaveGlowConfig = SMALL,
+    init: Path | None = None,
 ) -> Path:
     """Train on ``nll_weight`` x NLL (at ``sigma``) + ``spectral_weight`` x the spectral loss of samples.
 
     Samples for the spectral loss are drawn at ``sample_sigma``, the noise
-    scale inference will use; the checkpoint records it.
+    scale inference will use; the checkpoint records it. ``init``: a new
+    run starts from these weights (our exported layout, e.g. the shipped
+    ``waveglow.pt``) instead of identity flows.
     """
     if nll_weight <= 0 and spectral_weight <= 0:
         raise ValueError("at least one of nll_weight and spectral_weight must be positive")
@@ -183,9 +186,12 @@ def train_waveglow(
     rng = random.Random(seed)
     dev = pick_device(device)
     segments = _Segments(data, frames)
-    model = trainable(config).to(dev)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    model = trainable(config)
     run = Run(out, "waveglow", budget)
+    if init is not None and not run.checkpoint.is_file():
+        start_from(model, init)
+    model = model.to(dev)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     modules = {"model": model, "optimizer": optimizer}
     run.resume(modules)
 
@@ -212,6 +218,24 @@ def train_waveglow(
 
     train(run, modules, step)
     return export_waveglow(model, config, out / "waveglow-final.pt", step=run.step, sample_sigma=sample_sigma)
+
+
+def start_from(model: WaveGlow, path: Path) -> None:
+    """Load exported weights (``module.``-prefixed, weight norm kept) into a trainable ``model``."""
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    state = data.get("state_dict") if isinstance(data, dict) else None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} is not a WaveGlow checkpoint of ours (no 'state_dict')")
+    weights = {k.removeprefix("module."): v.float() for k, v in state.items()}
+    try:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+    except RuntimeError as exc:  # a tensor of another shape: another configuration
+        raise ValueError(f"{path} does not fit this WaveGlow: {exc}") from None
+    if missing or unexpected:
+        raise ValueError(
+            f"{path} does not fit this WaveGlow: missing {sorted(missing)[:3]}, "
+            f"unexpected {sorted(unexpected)[:3]}"
+        )
 
 
 def export_waveglow(
