@@ -41,6 +41,17 @@ def _data_speech(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_vocoded(args: argparse.Namespace) -> int:
+    from anchor.train.vocoded import vocode
+
+    try:
+        files = vocode(args.out.expanduser(), limit=args.shards)
+    except FileNotFoundError as exc:
+        raise ConfigError(str(exc)) from None
+    print(f"{len(files)} vocoded shards in {args.out / 'vocoded'}")
+    return 0
+
+
 def _data_face(args: argparse.Namespace) -> int:
     from anchor.train.face_data import render_faces
 
@@ -71,6 +82,8 @@ def _train(args: argparse.Namespace) -> int:
     extra: dict[str, object] = {"batch": args.batch} if args.batch else {}
     if getattr(args, "init", None) is not None:
         extra["init"] = args.init.expanduser()
+    if getattr(args, "target", None) is not None:
+        extra["target"] = args.target
     try:
         path = trainers[args.model](
             args.data.expanduser(), args.out.expanduser(), _budget(args), device=args.device, **extra
@@ -89,6 +102,36 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gate(args: argparse.Namespace) -> int:
+    from anchor.train.gates import GATE, speech_gate
+
+    try:
+        results = [
+            speech_gate(vocoder, acoustic=args.acoustic, waveglow=args.waveglow)
+            for vocoder in args.vocoder or ["hifigan", "waveglow"]
+        ]
+    except (FileNotFoundError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
+    if args.json:
+        rows = [
+            {
+                "path": f"acoustic+{r.vocoder}",
+                "wer": round(r.wer, 4),
+                "gate": GATE,
+                "passed": r.passed,
+                "sigma": r.sigma,
+                "heard": list(r.heard),
+            }
+            for r in results
+        ]
+        print(json.dumps(rows, indent=2))
+    else:
+        for r in results:
+            verdict = "passes" if r.passed else "fails"
+            print(f"acoustic+{r.vocoder}: WER {100 * r.wer:.1f} % {verdict} the gate (<= {100 * GATE:.0f} %)")
+    return 0 if all(r.passed for r in results) else 1
+
+
 def add_train_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     train = sub.add_parser("train", help="make training data, train our own models, export their weights")
     kinds = train.add_subparsers(dest="train", required=True, metavar="WHAT")
@@ -102,14 +145,17 @@ def add_train_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     p = parts.add_parser("speech", help="Piper reads the corpus: audio, its durations, mels")
     p.add_argument("--shards", type=int, default=None, help="only the first N shards (100 sentences each)")
     p.set_defaults(func=_data_speech)
+    p = parts.add_parser("vocoded", help="HiFi-GAN vocodes the speech's mels: WaveGlow's waveform targets")
+    p.add_argument("--shards", type=int, default=None, help="only the first N speech shards")
+    p.set_defaults(func=_data_vocoded)
     p = parts.add_parser("face", help="the default animator over the speech: 96x96 crops and mels")
     p.add_argument("--shards", type=int, default=8, help="speech shards to animate (default 8)")
     p.set_defaults(func=_data_face)
     for part, p in parts.choices.items():
         p.add_argument("--out", type=Path, default=DEFAULT_DATA, help=f"data folder (default {DEFAULT_DATA})")
-        if part != "corpus":
+        if part not in ("corpus", "vocoded"):
             p.add_argument("--workers", type=int, default=None, help="processes (default: every core)")
-        if part != "face":
+        if part in ("corpus", "speech"):
             p.add_argument("--voice-model", type=Path, default=None, help="the teacher's Piper ONNX file")
 
     for name, what in (
@@ -130,7 +176,20 @@ def add_train_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
             p.add_argument(
                 "--init", type=Path, default=None, help="start a new run from these weights (e.g. shipped)"
             )
+            p.add_argument(
+                "--target",
+                choices=("vocoded", "teacher"),
+                default=None,
+                help="audio to learn: the teacher's mels vocoded by HiFi-GAN (default) or the teacher's own",
+            )
         p.set_defaults(func=_train, model=name)
+
+    p = kinds.add_parser("gate", help="WER of the acoustic model + each vocoder on held-out news (Whisper)")
+    p.add_argument("--vocoder", action="append", choices=("hifigan", "waveglow"), help="default: both")
+    p.add_argument("--acoustic", type=Path, default=None, help="acoustic weights (default: shipped)")
+    p.add_argument("--waveglow", type=Path, default=None, help="WaveGlow weights (default: shipped)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_gate)
 
     p = kinds.add_parser("export", help="trained runs -> the fp16 weights shipped in engines/weights")
     p.add_argument("--runs", type=Path, default=DEFAULT_RUNS)

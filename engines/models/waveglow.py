@@ -46,6 +46,9 @@ class WN(nn.Module):
         super().__init__()
         self.n_layers = n_layers
         self.n_channels = n_channels
+        #: Run the convolutions under autocast at this dtype (bf16 trains 1.5x faster on AMX CPUs);
+        #: the output is float32 again, so the flows' coupling arithmetic stays exact.
+        self.autocast_dtype: torch.dtype | None = None
         self.start = nn.Conv1d(n_in, n_channels, 1)
         self.end = nn.Conv1d(n_channels, 2 * n_in, 1)
         self.cond_layer = nn.Conv1d(n_cond, 2 * n_channels * n_layers, 1)
@@ -61,6 +64,12 @@ class WN(nn.Module):
         )
 
     def forward(self, audio: torch.Tensor, spect: torch.Tensor) -> torch.Tensor:
+        if self.autocast_dtype is None:
+            return self._forward(audio, spect)
+        with torch.autocast(audio.device.type, dtype=self.autocast_dtype):
+            return self._forward(audio, spect).float()
+
+    def _forward(self, audio: torch.Tensor, spect: torch.Tensor) -> torch.Tensor:
         audio = self.start(audio)
         output = torch.zeros_like(audio)
         cond = self.cond_layer(spect)
