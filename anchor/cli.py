@@ -20,7 +20,6 @@ import numpy as np
 import numpy.typing as npt
 
 from anchor.config import AnchorSettings, ConfigError, load_settings
-from anchor.stage import Stage
 from anchor.train.cli import add_train_parser
 from engines.registry import catalog
 from engines.spec import EngineSpec
@@ -59,7 +58,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         "Good evening. This is your virtual anchor, speaking in real time.",
         "On Tuesday, the central bank raised rates by 0.25%, to 4.5%.",
     ]
-    result = asyncio.run(run_demo(_settings(args), texts, args.out, tail_s=args.tail))
+    settings = _section(_settings(args), "voice", "--voice/--vocoder", name=args.voice, vocoder=args.vocoder)
+    result = asyncio.run(run_demo(settings, texts, args.out, tail_s=args.tail))
     if args.json:
         print(json.dumps({k: v for k, v in result.items() if k != "prometheus"}, indent=2))
         return 0
@@ -137,28 +137,15 @@ def _with_weights(settings: AnchorSettings, engine: str, path: Path | None) -> A
     return settings.model_copy(update={"engines": settings.engines.model_copy(update={"weights": weights})})
 
 
-def _vocoder_stage(name: str, sigma: float | None, settings: AnchorSettings) -> Stage:
-    from anchor.speech.vocoder import VocoderStage, waveglow_stage
-
-    if name == "waveglow":
-        return waveglow_stage(settings, sigma)
-    return VocoderStage(engine="hifigan")
-
-
 def _cmd_say(args: argparse.Namespace) -> int:
     from anchor.frames import AudioChunk
     from anchor.offline import join_audio, render_text, write_wav
     from anchor.runtime import Runtime
-    from anchor.speech.acoustic import AcousticTTS
-    from anchor.speech.tacotron import Tacotron2TTS
-    from anchor.speech.tts import PiperTTS
+    from anchor.speech.voices import resolve_voice
 
-    settings = _with_weights(_settings(args), args.vocoder, args.vocoder_checkpoint)
-    if args.voice == "mel":
-        acoustic: Stage = Tacotron2TTS(args.checkpoint) if args.checkpoint else AcousticTTS()
-        stages: list[Stage] = [acoustic, _vocoder_stage(args.vocoder, args.sigma, settings)]
-    else:
-        stages = [PiperTTS()]
+    settings = _section(_settings(args), "voice", "--voice/--vocoder", name=args.voice, vocoder=args.vocoder)
+    settings = _with_weights(settings, settings.voice.vocoder, args.vocoder_checkpoint)
+    stages = resolve_voice(settings, sigma=args.sigma, tacotron=args.checkpoint).stages()
 
     async def render() -> list[AudioChunk]:
         async with Runtime(settings) as runtime:
@@ -195,9 +182,12 @@ def _cmd_vocode(args: argparse.Namespace) -> int:
     from anchor.frames import AudioChunk, EndOfUtterance, MelChunk
     from anchor.offline import join_audio, run_stages, write_wav
     from anchor.runtime import Runtime
+    from anchor.speech.voices import resolve_voice
 
-    settings = _with_weights(_settings(args), args.vocoder, args.checkpoint)
+    settings = _section(_settings(args), "voice", "--vocoder", name="mel", vocoder=args.vocoder)
+    settings = _with_weights(settings, settings.voice.vocoder, args.checkpoint)
     mel = read_mel(args.mel)
+    stage = resolve_voice(settings, sigma=args.sigma).stages()[-1]
 
     async def render() -> list[AudioChunk]:
         frames = [
@@ -205,7 +195,6 @@ def _cmd_vocode(args: argparse.Namespace) -> int:
             EndOfUtterance(utterance_id="vocode"),
         ]
         async with Runtime(settings) as runtime:
-            stage = _vocoder_stage(args.vocoder, args.sigma, settings)
             return [f async for f in run_stages(runtime, [stage], frames) if isinstance(f, AudioChunk)]
 
     audio = join_audio(asyncio.run(render()))
@@ -292,7 +281,7 @@ def _cmd_transcribe(args: argparse.Namespace) -> int:
     return 0
 
 
-def _section(settings: AnchorSettings, name: str, flags: str, **update: object) -> AnchorSettings:
+def _section(settings: AnchorSettings, name: str, flags: str, /, **update: object) -> AnchorSettings:
     """``settings`` with fields of section ``name`` replaced from command-line ``flags``, validated."""
     update = {k: v for k, v in update.items() if v is not None}
     if not update:
@@ -313,6 +302,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     settings = _section(settings, "webrtc", "--host/--port", host=args.host, port=args.port)
     settings = _section(settings, "news", "--news/--news-db", scripts=args.news, database=args.news_db)
     settings = _section(settings, "face", "--face", driver=args.face)
+    settings = _section(settings, "voice", "--voice/--vocoder", name=args.voice, vocoder=args.vocoder)
     answering = settings.responder.model_dump()
     for section, key, value in (
         ("faq", "path", args.faq),
@@ -413,6 +403,15 @@ def _cmd_bench_tts(args: argparse.Namespace) -> int:
     return 0
 
 
+def _voice_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--voice", choices=("piper", "mel"), default=None, help="Piper, or our acoustic model + vocoder"
+    )
+    p.add_argument(
+        "--vocoder", choices=("waveglow", "hifigan"), default=None, help="the vocoder of --voice mel"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anchor", description="Streaming real-time virtual anchor.")
     parser.add_argument("--config", type=Path, default=None, help="TOML config file")
@@ -428,7 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--voice",
         choices=["piper", "mel"],
-        default="piper",
+        default=None,
         help="Piper, or an acoustic model (ours, or Tacotron 2 with --checkpoint) + vocoder",
     )
     p.add_argument(
@@ -437,7 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="Tacotron 2 checkpoint for --voice mel (default: our acoustic model)",
     )
-    p.add_argument("--vocoder", choices=["hifigan", "waveglow"], default="hifigan", help="for --voice mel")
+    p.add_argument("--vocoder", choices=["hifigan", "waveglow"], default=None, help="for --voice mel")
     p.add_argument(
         "--vocoder-checkpoint", type=Path, default=None, help="vocoder weights (WaveGlow needs one)"
     )
@@ -448,7 +447,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("vocode", help="vocode a log-mel .npy ([80, T]) into a WAV file")
     p.add_argument("mel", type=Path, help="log-mel .npy: 22050 Hz, hop 256, 80 mels, ln(clamp(x, 1e-5))")
-    p.add_argument("--vocoder", choices=["hifigan", "waveglow"], default="hifigan")
+    p.add_argument(
+        "--vocoder", choices=["hifigan", "waveglow"], default=None, help="default: the voice.vocoder setting"
+    )
     p.add_argument(
         "--checkpoint",
         type=Path,
@@ -495,6 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--face", choices=("gan", "animator"), default=None, help="what draws the face (default: gan)"
     )
+    _voice_flags(p)
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("lipsync", help="a WAV file onto an avatar: a talking-head MP4 (H.264 + AAC)")
@@ -518,6 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tail", type=float, default=0.5, help="seconds of idle to record at the end")
     p.add_argument("--json", action="store_true", help="print spans and summaries as JSON")
     p.add_argument("--metrics", action="store_true", help="print Prometheus metrics at the end")
+    _voice_flags(p)
     p.set_defaults(func=_cmd_demo)
 
     engines = sub.add_parser("engines", help="neural engines: list, build (ONNX/TensorRT), bench")
@@ -548,7 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_bench_graph)
-    p = bench_sub.add_parser("tts", help="default voice: time to first audio and real-time factor")
+    p = bench_sub.add_parser("tts", help="each voice: time to first audio and real-time factor")
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--json", action="store_true")

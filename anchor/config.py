@@ -111,6 +111,20 @@ class FaceSettings(_Section):
     )
 
 
+class VoiceSettings(_Section):
+    name: Literal["piper", "mel"] = Field(
+        "mel",
+        description=(
+            "The anchor's voice: our acoustic model (distilled from Piper, streams mel chunks as soon as "
+            "durations are known) followed by `vocoder`, or Piper itself (en_US-joe-medium, whole phrases)."
+        ),
+    )
+    vocoder: Literal["waveglow", "hifigan"] = Field(
+        "waveglow",
+        description="For the `mel` voice: our trained WaveGlow (shipped weights) or the packaged HiFi-GAN.",
+    )
+
+
 class RuntimeSettings(_Section):
     worker_threads: int = Field(4, ge=1, le=64, description="Threads for blocking model calls.")
     event_queue: int = Field(1024, ge=16, description="Per-subscriber session event buffer.")
@@ -189,6 +203,7 @@ class AnchorSettings(BaseSettings):
     media: MediaSettings = MediaSettings()
     graph: GraphSettings = GraphSettings()
     face: FaceSettings = FaceSettings()
+    voice: VoiceSettings = VoiceSettings()
     runtime: RuntimeSettings = RuntimeSettings()
     metrics: MetricsSettings = MetricsSettings()
     engines: EngineSettings = EngineSettings()

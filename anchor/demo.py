@@ -1,6 +1,6 @@
 """``anchor demo``: a real session speaking with the default voice, paced in real time.
 
-Say -> the Piper voice (through the engine hub) -> the paced edge, recorded
+Say -> the configured voice (``voice`` settings; engines through the hub) -> the paced edge, recorded
 to a WAV file, with each utterance's spans printed: an audio-only check of
 the runtime that needs no browser (``anchor run`` is the anchor to watch).
 """
@@ -22,7 +22,7 @@ from anchor.pacer import Subscription
 from anchor.responders import SayResponder
 from anchor.runtime import Runtime
 from anchor.session import Session
-from anchor.speech.tts import PiperTTS
+from anchor.speech.voices import Voice, resolve_voice
 
 
 async def _record(sub: Subscription, out: wave.Wave_write, finished: asyncio.Event, tail_frames: int) -> int:
@@ -54,10 +54,10 @@ async def _speak_all(session: Session, texts: list[str], finished: asyncio.Event
     finished.set()
 
 
-def voice_graph() -> Graph:
-    """Read scripts aloud with the default voice."""
-    tts = PiperTTS()
-    return Graph().chain(SayResponder(), tts).link(tts, AUDIO_OUT)
+def voice_graph(voice: Voice) -> Graph:
+    """Read scripts aloud with ``voice``."""
+    speech = voice.stages()
+    return Graph().chain(SayResponder(), *speech).link(speech[-1], AUDIO_OUT)
 
 
 async def run_demo(
@@ -65,8 +65,9 @@ async def run_demo(
 ) -> dict[str, Any]:
     media = settings.media
     tail_frames = max(1, round(tail_s * 1000 / media.audio_frame_ms))
+    voice = await asyncio.to_thread(resolve_voice, settings)
     async with Runtime(settings) as runtime:
-        session = await runtime.open_session(voice_graph())
+        session = await runtime.open_session(voice_graph(voice))
         sub = session.subscribe(audio_ms=120_000)
         finished = asyncio.Event()
         with wave.open(str(wav_path), "wb") as out:

@@ -43,7 +43,7 @@ from anchor.responders.answer import AnswererFactory, Responder
 from anchor.responders.faq import FaqError, faq_answerer
 from anchor.responders.llm import llm_answerer
 from anchor.runtime import Runtime
-from anchor.speech.tts import PiperTTS
+from anchor.speech.voices import Voice, resolve_voice
 from anchor.stage import Stage
 from streams.auth import TokenAuthority
 from streams.mqtt import MqttControl
@@ -56,18 +56,20 @@ log = logging.getLogger(__name__)
 SESSION = "main"
 
 
-def anchor_graph(portrait: Portrait, fps: int, responder: Stage, face: DriverName = "gan") -> Graph:
-    """Say/Ask -> responder -> default voice -> program audio, and -> the ``face`` driver -> program video.
+def anchor_graph(
+    portrait: Portrait, fps: int, responder: Stage, voice: Voice, face: DriverName = "gan"
+) -> Graph:
+    """Say/Ask -> responder -> ``voice`` -> program audio, and -> the ``face`` driver -> program video.
 
     Viewer audio (the page's talk button) goes to the speech recognizer: the
     viewer starting to speak interrupts the anchor (barge-in), and what was
     said becomes a ``transcript`` event (shown on the page, sent over MQTT)
     and, in a session that answers transcripts, a question for ``responder``.
     """
-    tts = PiperTTS()
+    speech = voice.stages()
     stage = FaceStage(face_driver(face, portrait), fps=fps)
-    graph = Graph().add(SpeechRecognizer()).chain(responder, tts).link(tts, AUDIO_OUT)
-    return graph.add(stage).link(tts, stage).link(stage, VIDEO_OUT)
+    graph = Graph().add(SpeechRecognizer()).chain(responder, *speech).link(speech[-1], AUDIO_OUT)
+    return graph.add(stage).link(speech[-1], stage).link(stage, VIDEO_OUT)
 
 
 def live_responder(settings: ResponderSettings) -> Responder:
@@ -114,11 +116,12 @@ async def serve(
     """
     settings = with_run_secret(settings)
     portrait = await asyncio.to_thread(default_portrait, settings)
+    voice = await asyncio.to_thread(resolve_voice, settings)
     responder = live_responder(settings.responder)
     # Each part is released (in reverse order) however far start-up got: a port in use, a bad broker.
     async with Runtime(settings) as runtime, contextlib.AsyncExitStack() as parts:
         session = await runtime.open_session(
-            anchor_graph(portrait, settings.media.fps, responder, settings.face.driver),
+            anchor_graph(portrait, settings.media.fps, responder, voice, settings.face.driver),
             session_id=SESSION,
             look=PortraitLook(portrait),
             answer_transcripts=True,

@@ -42,8 +42,8 @@ async def run_stages(
 async def render_text(
     runtime: Runtime, text: str, stages: Sequence[Stage] | None = None, utterance_id: str = "text"
 ) -> list[AudioChunk]:
-    """``text`` spoken by ``stages`` (default: the Piper voice), as fast as they go."""
-    from anchor.speech.tts import PiperTTS  # the default voice; its import loads the phonemizer
+    """``text`` spoken by ``stages`` (default: the Piper voice, the teacher of ours), as fast as they go."""
+    from anchor.speech.tts import PiperTTS  # its import loads the phonemizer
 
     frames: list[Frame] = [
         TextDelta(text=text, utterance_id=utterance_id),

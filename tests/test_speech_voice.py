@@ -16,8 +16,8 @@ from anchor.offline import join_audio, render_text, run_stages
 from anchor.quality import word_error_rate
 from anchor.responders import SayResponder
 from anchor.speech.resample import resample
-from anchor.speech.tts import PiperTTS
 from anchor.speech.vocoder import ChunkedVocoder, VocoderStage
+from anchor.speech.voices import VocoderName, VoiceName, resolve_voice
 from engines.asr.ct2_whisper import CT2Whisper
 from engines.audio.mel import MelConfig, mel_basis, mel_spectrogram
 from engines.voices.piper import JOE_MODEL, PiperVoice, audio_of
@@ -139,9 +139,15 @@ def test_mel_front_end_follows_the_slaney_scale() -> None:
         mel_spectrogram(np.zeros(100, np.float32))
 
 
-async def test_the_voice_speaks_in_a_paced_session_and_stops_on_interrupt(runtime: Runtime) -> None:
-    tts = PiperTTS()
-    graph = Graph().chain(SayResponder(), tts).link(tts, AUDIO_OUT)
+@pytest.mark.parametrize(
+    ("name", "vocoder"), [("piper", "waveglow"), ("mel", "waveglow"), ("mel", "hifigan")]
+)
+async def test_each_voice_speaks_in_a_paced_session_and_stops_on_interrupt(
+    runtime: Runtime, name: VoiceName, vocoder: VocoderName
+) -> None:
+    voice = await asyncio.to_thread(resolve_voice, AnchorSettings(voice={"name": name, "vocoder": vocoder}))  # type: ignore[arg-type]
+    speech = voice.stages()
+    graph = Graph().chain(SayResponder(), *speech).link(speech[-1], AUDIO_OUT)
     session = await runtime.open_session(graph)
     events = session.events()
     async with recording(session, audio_ms=60_000) as tape:

@@ -263,3 +263,30 @@ def test_the_sampling_sigma_comes_from_the_checkpoint_or_the_published_default(
     torch.save(data, dle)
     with pytest.raises(WeightsError, match=r"config sigma must be a number 0\.\.4, got 'loud'"):
         declared_sigma(dle)
+
+
+async def test_our_waveglow_streams_through_its_stage_exactly_as_it_vocodes_whole() -> None:
+    from anchor.speech.vocoder import ChunkedVocoder, waveglow_stage
+    from engines.weights import WeightsSource as Source
+
+    path = Source.project("waveglow.pt").resolve()
+    model = load_waveglow(path)
+    sigma = declared_sigma(path)
+    stage = waveglow_stage(sigma)
+    mel = torch.randn(1, 80, 150, generator=torch.Generator().manual_seed(3)) - 5
+    whole = model.infer(mel, sigma=sigma)[0].numpy()
+
+    async def vocode(window: np.ndarray) -> np.ndarray:
+        return model.infer(torch.from_numpy(window)[None], sigma=sigma)[0].numpy()
+
+    chunked = ChunkedVocoder(
+        vocode,
+        hop=256,
+        chunk_frames=stage.chunk_frames,
+        first_frames=stage.first_frames,
+        context=stage.context,
+    )
+    parts = [a for j in range(0, 150, 10) for a in await chunked.push(mel[0, :, j : j + 10].numpy())]
+    parts += await chunked.flush()
+    assert len(parts[0]) == stage.first_frames * 256, "the first block is the short one"
+    assert relative_error(np.concatenate(parts), whole) < 1e-4

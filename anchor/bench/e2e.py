@@ -19,6 +19,7 @@ from typing import Any
 
 from anchor.config import AnchorSettings
 from anchor.live import LiveAnchor, while_serving
+from anchor.speech.voices import Voice
 from anchor.stats import summarize
 
 # stage -> (statistic, limit or None for a reported-only stage, meaning)
@@ -75,6 +76,7 @@ async def bench_e2e(settings: AnchorSettings, *, rounds: int = 6) -> dict[str, A
     return {
         "rounds": rounds,
         "face": settings.face.driver,
+        "voice": Voice(settings.voice.name, settings.voice.vocoder).label,
         "questions": measured["questions"],
         "stages": stages,
     }
@@ -82,7 +84,8 @@ async def bench_e2e(settings: AnchorSettings, *, rounds: int = 6) -> dict[str, A
 
 def markdown(result: dict[str, Any]) -> str:
     lines = [
-        f"# anchor bench e2e ({result['rounds']} rounds per stage, face: {result['face']})",
+        f"# anchor bench e2e ({result['rounds']} rounds per stage, "
+        f"face: {result['face']}, voice: {result['voice']})",
         "",
         "| stage | min ms | p50 ms | p90 ms | p99 ms | max ms | target | met |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",

@@ -39,6 +39,7 @@ from anchor.responders.answer import Answerer, Responder
 from anchor.responders.llm import LlmAnswerer
 from anchor.runtime import Runtime
 from anchor.session import EventStream, Session
+from anchor.speech.voices import resolve_voice
 from anchor.stage import StageContext
 
 STORY = (
@@ -124,6 +125,7 @@ class EventTally:
 
 async def bench_soak(settings: AnchorSettings, *, minutes: float = 10.0, sessions: int = 2) -> dict[str, Any]:
     portrait = await asyncio.to_thread(default_portrait, settings)
+    voice = await asyncio.to_thread(resolve_voice, settings)
     frame_ms = float(settings.media.audio_frame_ms)
     before = {"tasks": len(asyncio.all_tasks()), "threads": threading.active_count(), "fds": _open_fds()}
     with tempfile.TemporaryDirectory() as tmp:
@@ -133,7 +135,7 @@ async def bench_soak(settings: AnchorSettings, *, minutes: float = 10.0, session
             for n in range(sessions):
                 responder = Responder({"llm": _broken_llm}, "llm" if n == sessions - 1 else "off")
                 session = await runtime.open_session(
-                    anchor_graph(portrait, settings.media.fps, responder, settings.face.driver),
+                    anchor_graph(portrait, settings.media.fps, responder, voice, settings.face.driver),
                     session_id=f"soak{n}",
                     look=PortraitLook(portrait),
                 )
@@ -183,6 +185,8 @@ async def bench_soak(settings: AnchorSettings, *, minutes: float = 10.0, session
     after = {"tasks": len(asyncio.all_tasks()), "threads": threading.active_count(), "fds": _open_fds()}
     return {
         "minutes": minutes,
+        "voice": voice.label,
+        "face": settings.face.driver,
         "sessions": results,
         "failure_injected": failure,
         "memory_mb": memory,

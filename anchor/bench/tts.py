@@ -1,7 +1,9 @@
-"""``anchor bench tts``: time to first audio and real-time factor of the default voice and the mel path.
+"""``anchor bench tts``: time to first audio and real-time factor of each voice.
 
-The mel path is our acoustic model with HiFi-GAN (``acoustic_hifigan``) and,
-when WaveGlow weights are configured or shipped, with WaveGlow (``acoustic_waveglow``).
+``piper`` is Piper itself; ``mel+hifigan`` and ``mel+waveglow`` are our
+acoustic model with HiFi-GAN and, when WaveGlow weights are configured or
+shipped, with WaveGlow (the default voice). The streaming rows vocode Piper's
+own mels, so they time the vocoder alone.
 
 TTFA is text in -> the first audio chunk out of the TTS stage (>= 20 ms of
 48 kHz audio), measured on the stage itself so it excludes pacing. RTF is
@@ -21,10 +23,9 @@ from anchor.config import AnchorSettings
 from anchor.frames import AudioChunk, EndOfUtterance, Frame, MelChunk, TextDelta
 from anchor.offline import run_stages
 from anchor.runtime import Runtime
-from anchor.speech.acoustic import AcousticTTS
 from anchor.speech.normalize import normalize
-from anchor.speech.tts import PiperTTS
-from anchor.speech.vocoder import VocoderStage, waveglow_stage
+from anchor.speech.vocoder import VocoderStage, waveglow_sigma, waveglow_stage
+from anchor.speech.voices import Voice
 from anchor.stage import Stage
 from anchor.stats import summarize
 from engines.audio.mel import mel_spectrogram
@@ -46,7 +47,7 @@ ITEMS = {
 
 
 async def _vocoder_streaming(runtime: Runtime, stage: Callable[[], Stage], *, rounds: int) -> dict[str, Any]:
-    """RTF and first-audio time of a streamed vocoder over the default voice's mels."""
+    """RTF and first-audio time of a streamed vocoder over Piper's mels."""
     voice = PiperVoice.for_model(JOE_MODEL.resolve())
     text = ITEMS["five_sentences"]
     wav = np.concatenate(
@@ -107,28 +108,22 @@ async def _stages_ttfa_rtf(
 
 
 async def bench_tts(settings: AnchorSettings, *, rounds: int = 10, warmup: int = 2) -> dict[str, Any]:
-    results: dict[str, Any] = {}
+    """Every voice (``piper``, ``mel+hifigan``, ``mel+waveglow`` when WaveGlow weights exist) the same way."""
     waveglow = "waveglow" in settings.engines.weights or WAVEGLOW_WEIGHTS.exists()
     # The weights' declared sigma, read once and off the loop (a torch.load of the checkpoint).
-    sigma = (await asyncio.to_thread(waveglow_stage, settings)).sigma if waveglow else 0.0
+    sigma = await asyncio.to_thread(waveglow_sigma, settings) if waveglow else 0.0
+    voices = [Voice("piper"), Voice("mel", "hifigan")]
+    voices += [Voice("mel", "waveglow", sigma)] if waveglow else []
+    results: dict[str, Any] = {}
     async with Runtime(settings) as runtime:
-        results.update(await _stages_ttfa_rtf(runtime, lambda: [PiperTTS()], rounds=rounds, warmup=warmup))
-        results["acoustic_hifigan"] = await _stages_ttfa_rtf(
-            runtime, lambda: [AcousticTTS(), VocoderStage()], rounds=max(2, rounds // 3), warmup=1
-        )
-        if waveglow:
-            results["acoustic_waveglow"] = await _stages_ttfa_rtf(
-                runtime,
-                lambda: [AcousticTTS(), waveglow_stage(settings, sigma)],
-                rounds=2,
-                warmup=1,
-            )
+        for voice in voices:
+            results[voice.label] = await _stages_ttfa_rtf(runtime, voice.stages, rounds=rounds, warmup=warmup)
         results["hifigan_streaming"] = await _vocoder_streaming(
             runtime, VocoderStage, rounds=max(2, rounds // 3)
         )
-        if "waveglow" in settings.engines.weights:
+        if waveglow:
             results["waveglow_streaming"] = await _vocoder_streaming(
-                runtime, lambda: waveglow_stage(settings, sigma), rounds=2
+                runtime, lambda: waveglow_stage(sigma), rounds=max(2, rounds // 3)
             )
         results["backends"] = {
             name: f"{type(engine.backend).__name__} ({engine.backend.device}, {engine.backend.precision})"
@@ -137,7 +132,7 @@ async def bench_tts(settings: AnchorSettings, *, rounds: int = 10, warmup: int =
         }
     return {
         "bench": "tts",
-        "voice": "piper en_US-joe-medium",
+        "default_voice": Voice(settings.voice.name, settings.voice.vocoder).label,
         "output_rate": settings.media.sample_rate,
         "rounds": rounds,
         "warmup": warmup,
