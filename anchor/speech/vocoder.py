@@ -192,18 +192,8 @@ class VocoderStage(Stage):
 
 
 def waveglow_stage(sigma: float) -> VocoderStage:
-    """WaveGlow through the hub, its noise drawn at ``sigma``.
-
-    Our WaveGlow's output depends on about 4 mel frames either side (2-frame
-    upsampler, 8 flows of +-0.5 frame), so 8 frames of context keep chunked
-    output equal to the whole. Blocks after the first are 48 frames, so the
-    second is vocoded (64 frames with context, ~0.2 s at RTF 0.26) well
-    before the first block's 24 frames (279 ms) have played; the first stays
-    24 frames because the face GAN needs 210 ms of audio for its first frame.
-    """
-    return VocoderStage(
-        engine="waveglow", noise_channels=8, sigma=sigma, first_frames=24, chunk_frames=48, context=8
-    )
+    """WaveGlow through the hub, its noise drawn at ``sigma``, in the stage's default blocks."""
+    return VocoderStage(engine="waveglow", noise_channels=8, sigma=sigma)
 
 
 def waveglow_sigma(settings: AnchorSettings) -> float:
