@@ -424,21 +424,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("say", help="speak TEXT with the default voice into a WAV file")
     p.add_argument("text", help="what to say (news text is normalised: numbers, dates, ...)")
     p.add_argument("-o", "--out", type=Path, required=True, help="WAV file to write")
-    p.add_argument(
-        "--voice",
-        choices=["piper", "mel"],
-        default=None,
-        help="Piper, or an acoustic model (ours, or Tacotron 2 with --checkpoint) + vocoder",
-    )
+    _voice_flags(p)
     p.add_argument(
         "--checkpoint",
         type=Path,
         default=None,
         help="Tacotron 2 checkpoint for --voice mel (default: our acoustic model)",
     )
-    p.add_argument("--vocoder", choices=["hifigan", "waveglow"], default=None, help="for --voice mel")
     p.add_argument(
-        "--vocoder-checkpoint", type=Path, default=None, help="vocoder weights (WaveGlow needs one)"
+        "--vocoder-checkpoint",
+        type=Path,
+        default=None,
+        help="vocoder weights (default: our WaveGlow, the packaged HiFi-GAN)",
     )
     p.add_argument(
         "--sigma", type=float, default=None, help="WaveGlow noise scale (default: the checkpoint's, else 0.6)"

@@ -111,15 +111,19 @@ class FaceSettings(_Section):
     )
 
 
+VoiceName = Literal["piper", "mel"]
+VocoderName = Literal["waveglow", "hifigan"]
+
+
 class VoiceSettings(_Section):
-    name: Literal["piper", "mel"] = Field(
+    name: VoiceName = Field(
         "mel",
         description=(
             "The anchor's voice: our acoustic model (distilled from Piper, streams mel chunks as soon as "
             "durations are known) followed by `vocoder`, or Piper itself (en_US-joe-medium, whole phrases)."
         ),
     )
-    vocoder: Literal["waveglow", "hifigan"] = Field(
+    vocoder: VocoderName = Field(
         "waveglow",
         description="For the `mel` voice: our trained WaveGlow (shipped weights) or the packaged HiFi-GAN.",
     )

@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 import torch
 
+from anchor.config import VocoderName
 from anchor.train.acoustic import train_acoustic
 from anchor.train.corpus import HELD_OUT, build_corpus, read_corpus
 from anchor.train.export import export_weights
 from anchor.train.face_data import render_faces
 from anchor.train.face_gan import train_face
-from anchor.train.gates import GATE, Vocoder, speech_gate
+from anchor.train.gates import GATE, speech_gate
 from anchor.train.loop import Budget
 from anchor.train.speech_data import HOP, SpeechShard, speech_shards, synthesize
 from anchor.train.vocoded import vocode, vocoded_audio
@@ -219,7 +220,7 @@ def test_a_checkpoint_that_is_not_ours_is_refused_with_the_reason(tmp_path: Path
 
 @pytest.mark.parametrize("vocoder", ["hifigan", "waveglow"])
 def test_shipped_acoustic_model_meets_the_wer_gate_on_held_out_news_with_each_vocoder(
-    vocoder: Vocoder,
+    vocoder: VocoderName,
 ) -> None:
     assert ACOUSTIC_WEIGHTS.resolve().stat().st_size <= 20 * 2**20
     result = speech_gate(vocoder)

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
-from anchor.config import AnchorSettings
+from anchor.config import AnchorSettings, VocoderName, VoiceName
 from anchor.stage import Stage
-
-VoiceName = Literal["piper", "mel"]
-VocoderName = Literal["waveglow", "hifigan"]
 
 
 @dataclass(frozen=True)

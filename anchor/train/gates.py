@@ -10,23 +10,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 
+from anchor.config import VocoderName
 from anchor.quality import word_error_rate
 from anchor.speech.normalize import normalize
 from anchor.speech.resample import resample
 from anchor.train.corpus import HELD_OUT
 
 GATE = 0.15
-Vocoder = Literal["hifigan", "waveglow"]
 
 
 @dataclass(frozen=True)
 class GateResult:
-    vocoder: Vocoder
+    vocoder: VocoderName
     wer: float
     heard: tuple[str, ...]
     sigma: float | None
@@ -37,7 +36,7 @@ class GateResult:
 
 
 def speech_gate(
-    vocoder: Vocoder, *, acoustic: Path | None = None, waveglow: Path | None = None
+    vocoder: VocoderName, *, acoustic: Path | None = None, waveglow: Path | None = None
 ) -> GateResult:
     """WER of ``acoustic`` (default: shipped) + ``vocoder`` on the held-out news; WaveGlow (default:
     shipped) samples at the noise scale its checkpoint declares, from a fixed seed."""
