@@ -11,13 +11,14 @@ import numpy.typing as npt
 import pytest
 
 from anchor import AUDIO_OUT, AnchorSettings, Graph, Runtime
+from anchor.config import VocoderName, VoiceName
 from anchor.frames import AudioChunk, EndOfUtterance, Frame, MelChunk
 from anchor.offline import join_audio, render_text, run_stages
 from anchor.quality import word_error_rate
 from anchor.responders import SayResponder
 from anchor.speech.resample import resample
 from anchor.speech.vocoder import ChunkedVocoder, VocoderStage
-from anchor.speech.voices import VocoderName, VoiceName, resolve_voice
+from anchor.speech.voices import resolve_voice
 from engines.asr.ct2_whisper import CT2Whisper
 from engines.audio.mel import MelConfig, mel_basis, mel_spectrogram
 from engines.voices.piper import JOE_MODEL, PiperVoice, audio_of
@@ -155,7 +156,9 @@ async def test_each_voice_speaks_in_a_paced_session_and_stops_on_interrupt(
         assert (await next_event(events, "utterance_finished", first, guard_s=30)).detail == "done"
         long = await session.say(" ".join(NEWS))
         await next_event(events, "audio_started", long, guard_s=30)
-        await asyncio.sleep(0.3)
+        async with asyncio.timeout(10):  # a fifth of a second of it on the tape, however the voice streams
+            while len(join_audio(tape.audio_of(long))) < 0.2 * 48000:  # noqa: ASYNC110 - polls the tape
+                await asyncio.sleep(0.02)
         assert await session.interrupt() == {long}
         await next_event(events, "silence")
     spoken = join_audio(tape.audio_of(first))
