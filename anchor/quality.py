@@ -47,3 +47,34 @@ def best_lag(
         scores[lag] = float(np.corrcoef(a, b)[0, 1])
     lag = max(scores, key=lambda k: scores[k])
     return lag, scores[lag]
+
+
+def envelope(audio: npt.NDArray[np.float32], rate: int, fps: int, frames: int) -> npt.NDArray[np.float64]:
+    """RMS of each video frame's audio (mono)."""
+    step = rate // fps
+    return np.array([np.sqrt(np.mean(audio[i * step : (i + 1) * step] ** 2) + 1e-12) for i in range(frames)])
+
+
+def ssim(a: npt.NDArray[np.uint8], b: npt.NDArray[np.uint8]) -> float:
+    """Mean structural similarity of two RGB images' luma (Gaussian window, sigma 1.5; Wang et al.)."""
+    import cv2
+
+    x = cv2.cvtColor(a, cv2.COLOR_RGB2GRAY).astype(np.float64)
+    y = cv2.cvtColor(b, cv2.COLOR_RGB2GRAY).astype(np.float64)
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+
+    def blur(z: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        return np.asarray(cv2.GaussianBlur(z, (11, 11), 1.5), dtype=np.float64)
+
+    mx, my = blur(x), blur(y)
+    vx, vy, cov = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
+    index = ((2 * mx * my + c1) * (2 * cov + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    return float(index.mean())
+
+
+def sharpness(image: npt.NDArray[np.uint8]) -> float:
+    """Variance of the Laplacian of an RGB image's luma: how much fine detail it holds."""
+    import cv2
+
+    gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    return float(cv2.Laplacian(gray, cv2.CV_64F).var())

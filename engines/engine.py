@@ -92,7 +92,18 @@ def ensure_onnx(spec: EngineSpec, settings: EngineSettings, weights: WeightsInfo
     if spec.prebuilt_onnx:
         model = onnx.load(str(weights.path), load_external_data=False)
         opset = max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-        return Exported(weights.path, weights.sha256, opset, 0.0)
+        if spec.onnx_edit is None:
+            return Exported(weights.path, weights.sha256, opset, 0.0)
+        tag, edit = spec.onnx_edit
+        path = settings.cache_dir / "onnx" / f"{spec.name}-{weights.sha256[:16]}-{tag}.onnx"
+        if not path.is_file():
+            edit(model)
+            onnx.checker.check_model(model)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            onnx.save(model, str(tmp))
+            tmp.replace(path)
+        return Exported(path, sha256(path), opset, 0.0)
     path = onnx_file(spec, settings, weights.sha256)
     if path.is_file():
         return Exported(path, sha256(path), OPSET, 0.0)

@@ -11,7 +11,8 @@ import numpy.typing as npt
 from torch import nn
 
 from engines.asr.whisper_parts import whisper_specs
-from engines.face.wav2lip import FACE_GAN, wav2lip_spec
+from engines.face.mouth_gan import MOUTH_GAN, mouth_gan_spec
+from engines.face.wav2lip import wav2lip_spec
 from engines.models.hifigan import HiFiGanConfig, HiFiGanGenerator
 from engines.settings import EngineSettings
 from engines.spec import Dim, EngineSpec, TensorSpec
@@ -88,7 +89,7 @@ _CATALOG: dict[str, Callable[[WeightsSource | None], EngineSpec]] = {
     "piper-joe": lambda weights: piper_spec("piper-joe", weights),
     "waveglow": waveglow_spec,
     "wav2lip": wav2lip_spec,
-    FACE_GAN: lambda weights: wav2lip_spec(weights, FACE_GAN),
+    MOUTH_GAN: mouth_gan_spec,
     **{
         name: _tacotron_part(name)
         for name in ("tacotron2-encoder", "tacotron2-decoder-step", "tacotron2-postnet")

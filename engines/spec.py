@@ -9,6 +9,7 @@ from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
+import onnx
 from torch import nn
 
 from engines.weights import WeightsSource
@@ -64,6 +65,9 @@ class EngineSpec:
 
     #: Seconds of media one batch item of these inputs stands for (for real-time factors).
     media_seconds: Callable[[Arrays], float] | None = None
+    #: For a model published as ONNX: an edit of its graph (named, for the cache) before it is run,
+    #: such as exposing an inner tensor as an output. The edited graph is checked and cached.
+    onnx_edit: tuple[str, Callable[[onnx.ModelProto], None]] | None = None
 
     def __post_init__(self) -> None:
         for t in (*self.inputs, *self.outputs):

@@ -16,9 +16,9 @@ import numpy.typing as npt
 from aiortc.mediastreams import AudioStreamTrack
 
 from anchor import AUDIO_OUT, VIDEO_OUT, AnchorSettings, Graph, Runtime
-from anchor.face.animator import MouthRenderer
 from anchor.face.look import PortraitLook
 from anchor.face.portrait import default_image, fit, make_portrait
+from anchor.face.rig import MouthRig
 from anchor.face.stage import AnimatorDriver, FaceStage
 from anchor.fakes import FakeTTS
 from anchor.responders import SayResponder
@@ -65,7 +65,7 @@ async def served_anchor(size: int = 256, ears: Stage | None = None, **webrtc: An
     )
     portrait = make_portrait(fit(default_image(), (size, size)))
     tts = FakeTTS("tts", ms_per_word=150)
-    face = FaceStage(AnimatorDriver(MouthRenderer(portrait)))
+    face = FaceStage(AnimatorDriver(MouthRig(portrait)))
     graph = Graph().chain(SayResponder(), tts).link(tts, AUDIO_OUT)
     graph.add(face).link(tts, face).link(face, VIDEO_OUT)
     if ears is not None:

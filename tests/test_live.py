@@ -54,7 +54,7 @@ async def test_the_live_anchor_serves_speaks_and_stops(tmp_path: Path) -> None:
     assert seen["health"] == {"peers": 0, "sessions": ["main"], "draining": False}
     assert seen["page"] == (200, True)
     assert seen["say"] == 202
-    assert "face-gan" in seen["engines"], "our trained face GAN draws the live face by default"
+    assert "mouth-gan" in seen["engines"], "our mouth GAN moves the live face by default"
     assert "waveglow" in seen["engines"], "our trained WaveGlow vocodes the live voice by default"
 
 

@@ -1,16 +1,18 @@
-"""``anchor bench face``: frames per second per driver and backend, first-frame latency, lip-sync lag.
+"""``anchor bench face``: the default face's speed, lip sync and likeness; the other drivers' latency.
 
-- ``animator``: the default driver on one thread (audio analysis, mouth warp
-  and the edge's idle look at 512x512 for every frame): frames/s and ms per frame.
-- ``wav2lip``: the generator on each CPU backend, per batch size (random
-  weights cost the same as trained ones), plus the paste-back per frame.
-- ``first_frame_ms``: audio fed in real time as 20 ms chunks; from the first
-  chunk to the first video frame. It includes waiting for the driver's
-  lookahead (``lookahead_ms``), which is the floor.
-- ``lipsync``: correlation of the mouth opening measured from the rendered
-  pixels with the audio envelope, and the lag (frames) where it peaks.
-- ``face_gan``: our trained face GAN (shipped weights): the same lip-sync
-  measure, and frames/s on one core, 96x96 crops pasted into the portrait.
+- ``rig``: the mouth rig plus the edge's idle look, one frame at a time on
+  one thread, per portrait (the bundled one and Grace Hopper at 512x512):
+  frames/s and ms per frame. Landmarks are found once per avatar, before.
+- ``mouth_gan``: the GAN's compute per second of audio on one thread.
+- ``quality``: per portrait and voice (Piper, espeak-ng at three speeds and
+  pitches), lip sync judged by MediaPipe's face mesh (``anchor.bench.judge``)
+  against the audio envelope, SSIM above the upper lip against the photo,
+  and the mouth's sharpness against the photo's (``anchor.face.measures``).
+- ``first_frame``: audio fed in real time as 20 ms chunks; from the first
+  chunk to the first video frame, per driver. It includes waiting for the
+  driver's lookahead (``lookahead_ms``), which is the floor.
+- ``wav2lip_generator``: a Wav2Lip-shaped generator (random weights cost the
+  same) per CPU backend and batch, plus its paste-back per frame.
 """
 
 from __future__ import annotations
@@ -28,39 +30,45 @@ import numpy.typing as npt
 import torch
 
 from anchor.bench.engines import bench_engine
+from anchor.bench.judge import MouthJudge
+from anchor.bench.voices import espeak
 from anchor.config import AnchorSettings
-from anchor.face.animator import MouthRenderer, MouthTrack, mouth_opening
+from anchor.face.landmarks import detect_landmarks
 from anchor.face.look import PortraitLook
-from anchor.face.portrait import Portrait, default_image, make_portrait
+from anchor.face.measures import identity, lip_sync
+from anchor.face.mouth import MouthShape
+from anchor.face.mouth_driver import MouthGanDriver
+from anchor.face.portrait import Image, Portrait, default_image, fit, make_portrait, second_image
+from anchor.face.rig import MouthRig
 from anchor.face.stage import RATE, AnimatorDriver, FaceDriver, FaceStage
 from anchor.face.wav2lip_driver import Wav2LipDriver
 from anchor.frames import AudioChunk, EndOfUtterance, Frame, VideoFrame
 from anchor.offline import join_audio, render_text, run_stages
-from anchor.quality import best_lag
 from anchor.runtime import Runtime
 from anchor.speech.resample import resample
 from anchor.stage import StageContext
 from anchor.stats import summarize
-from engines.face.wav2lip import FACE_GAN, Wav2Lip, load_wav2lip, mel_windows, melspectrogram, wav2lip_spec
+from engines.face.mouth_gan import frame_windows, load_mouth_gan
+from engines.face.wav2lip import Wav2Lip, wav2lip_spec
 from engines.weights import WeightsSource
 
+#: espeak-ng voices (words/min, pitch 0-99): a voice the mouth GAN never heard, at several speeds and pitches.
+ESPEAK = ((140, 35), (175, 50), (210, 70))
 TEXT = (
     "Good evening. The central bank raised interest rates by a quarter point on Tuesday, surprising markets."
 )
 
 
-def _animator_one_core(portrait: Portrait, audio16k: npt.NDArray[np.float32], fps: int) -> dict[str, Any]:
-    renderer, look, track = MouthRenderer(portrait), PortraitLook(portrait), MouthTrack()
-    step = RATE // fps
-    times = []
+def _rig_one_core(portrait: Portrait, shapes: npt.NDArray[np.float32], fps: int) -> dict[str, Any]:
+    """The mouth rig and the edge's idle look at the portrait's size, one frame at a time on one thread."""
+    rig, look = MouthRig(portrait), PortraitLook(portrait)
     threads = cv2.getNumThreads()
     cv2.setNumThreads(1)  # one core: OpenCV would otherwise spread a warp over every core
+    times = []
     try:
-        for i in range(len(audio16k) // step):
+        for i, shape in enumerate(shapes):
             began = time.perf_counter()
-            shape = track.push(audio16k[i * step : (i + 1) * step])
-            image = renderer.render(shape) if shape is not None else portrait.image
-            look.finish(image, i / fps)
+            look.finish(rig.render(MouthShape.of(shape)), i / fps)
             times.append((time.perf_counter() - began) * 1000)
     finally:
         cv2.setNumThreads(threads)
@@ -68,48 +76,27 @@ def _animator_one_core(portrait: Portrait, audio16k: npt.NDArray[np.float32], fp
     return {"frame_ms": stats, "fps": round(1000 / float(stats["mean"]), 1), "threads": 1}
 
 
-def _lipsync(
-    video: list[VideoFrame],
-    portrait: Portrait,
-    audio: npt.NDArray[np.float32],
-    rate: int,
-    fps: int,
-    driver: str,
-) -> dict[str, Any]:
-    opening = np.array([mouth_opening(v.image, portrait) for v in video])
-    step = rate // fps
-    envelope = np.array([np.sqrt(np.mean(audio[i * step : (i + 1) * step] ** 2)) for i in range(len(video))])
-    lag, correlation = best_lag(opening, envelope)
-    return {"driver": driver, "lag_frames": lag, "correlation": round(correlation, 3)}
-
-
-def _gan_one_core(portrait: Portrait, audio16k: npt.NDArray[np.float32], fps: int) -> dict[str, Any]:
-    """Our face GAN on one thread, one frame at a time: mel window, generator, paste into the portrait."""
-    generator = load_wav2lip(WeightsSource.project("face_gan.pth").resolve())
-    driver = Wav2LipDriver(portrait)
-    count = len(audio16k) // (RATE // fps)
-    windows = mel_windows(melspectrogram(audio16k), 0, count, float(fps))
-    faces = torch.from_numpy(driver.crops[0].faces)
-    threads, cv_threads = torch.get_num_threads(), cv2.getNumThreads()
+def _gan_cost(audio16k: npt.NDArray[np.float32], fps: int, rounds: int) -> dict[str, Any]:
+    """The mouth GAN on one thread: ms of compute per second of audio (windows + generator, 25 a batch)."""
+    model = load_mouth_gan(WeightsSource.project("mouth_gan.pt").resolve())
+    count = len(audio16k) * fps // RATE
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    cv2.setNumThreads(1)
     times = []
     try:
         with torch.inference_mode():
-            for i in range(count):
+            for _ in range(rounds):
                 began = time.perf_counter()
-                face = generator(torch.from_numpy(windows[i : i + 1]), faces).numpy()
-                driver.compose(face)
-                times.append((time.perf_counter() - began) * 1000)
+                for first in range(0, count, fps):
+                    n = min(fps, count - first)
+                    model(torch.from_numpy(frame_windows(audio16k, 0, first, n, float(fps))))
+                times.append((time.perf_counter() - began) * 1000 / (len(audio16k) / RATE))
     finally:
         torch.set_num_threads(threads)
-        cv2.setNumThreads(cv_threads)
-    stats = summarize(times[fps:])
     return {
-        "frame_ms": stats,
-        "fps": round(1000 / float(stats["mean"]), 1),
+        "ms_per_audio_second": summarize(times),
         "threads": 1,
-        "width": generator.width,
+        "parameters": sum(p.numel() for p in model.parameters()),
     }
 
 
@@ -139,12 +126,24 @@ def _split(audio: npt.NDArray[np.float32], rate: int, uid: str) -> list[AudioChu
     ]
 
 
+async def _spoken_frames(
+    runtime: Runtime, driver: FaceDriver, audio: npt.NDArray[np.float32], rate: int, fps: int, uid: str
+) -> list[Image]:
+    frames: list[Frame] = [*_split(audio, rate, uid), EndOfUtterance(utterance_id=uid)]
+    stage = FaceStage(driver, fps=fps)
+    return [f.image async for f in run_stages(runtime, [stage], frames) if isinstance(f, VideoFrame)]
+
+
 async def bench_face(
     settings: AnchorSettings, *, rounds: int = 5, batches: tuple[int, ...] = (1, 8)
 ) -> dict[str, Any]:
     fps = settings.media.fps
-    portrait = make_portrait(default_image())
+    photos = {"astronaut": default_image(), "grace_hopper": fit(second_image(), (512, 512))}
+    found = {name: await asyncio.to_thread(detect_landmarks, photo) for name, photo in photos.items()}
+    portraits = {name: make_portrait(photos[name], found[name]) for name in photos}
+    portrait = portraits["astronaut"]
     result: dict[str, Any] = {"bench": "face", "size": list(portrait.image.shape[:2]), "fps_target": fps}
+    judge = MouthJudge()
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(0)
         checkpoint = Path(tmp) / "wav2lip_random.pth"
@@ -155,18 +154,43 @@ async def bench_face(
         )
         async with Runtime(settings) as runtime:
             spoken = await render_text(runtime, TEXT)
-            audio, rate = join_audio(spoken), spoken[0].sample_rate
-            audio16k = resample(audio, rate, RATE)
-            result["animator"] = await asyncio.to_thread(_animator_one_core, portrait, audio16k, fps)
+            piper, rate = join_audio(spoken), spoken[0].sample_rate
+            voices = {
+                "piper": resample(piper, rate, RATE),
+                **{
+                    f"espeak_s{speed}_p{pitch}": await asyncio.to_thread(espeak, TEXT, speed, pitch)
+                    for speed, pitch in ESPEAK
+                },
+            }
+            audio16k = voices["piper"]
+            model = load_mouth_gan(WeightsSource.project("mouth_gan.pt").resolve())
+            with torch.inference_mode():
+                windows = frame_windows(audio16k, 0, 0, len(audio16k) * fps // RATE, float(fps))
+                shapes = model(torch.from_numpy(windows)).numpy()
+            result["rig"] = {
+                name: await asyncio.to_thread(_rig_one_core, p, shapes, fps) for name, p in portraits.items()
+            }
+            result["mouth_gan"] = await asyncio.to_thread(_gan_cost, audio16k, fps, rounds)
+            quality: dict[str, Any] = {}
+            for name, p in portraits.items():
+                for voice, audio in voices.items():
+                    frames = await _spoken_frames(runtime, MouthGanDriver(p), audio, RATE, fps, name + voice)
+                    openings = await asyncio.to_thread(judge.openings, frames)
+                    quality[f"{name}/{voice}"] = {
+                        "lipsync": lip_sync(openings, audio, RATE, fps),
+                        **await asyncio.to_thread(identity, frames, photos[name], found[name]),
+                    }
+            result["quality"] = quality
             drivers: dict[str, FaceDriver] = {
-                "animator": AnimatorDriver(MouthRenderer(portrait)),
+                "gan": MouthGanDriver(portrait),
+                "animator": AnimatorDriver(MouthRig(portrait)),
                 "wav2lip": Wav2LipDriver(portrait),
             }
             first: dict[str, Any] = {}
             for name, driver in drivers.items():
                 times = [
                     await _first_frame_ms(
-                        runtime, FaceStage(driver, fps=fps), _split(audio, rate, f"{name}{i}")
+                        runtime, FaceStage(driver, fps=fps), _split(piper, rate, f"{name}{i}")
                     )
                     for i in range(rounds)
                 ]
@@ -175,22 +199,6 @@ async def bench_face(
                     "lookahead_ms": round(1000 * driver.lookahead_samples(Fraction(fps)) / RATE, 1),
                 }
             result["first_frame"] = first
-            frames: list[Frame] = [*_split(audio, rate, "sync"), EndOfUtterance(utterance_id="sync")]
-            video = [
-                f
-                async for f in run_stages(
-                    runtime, [FaceStage(AnimatorDriver(MouthRenderer(portrait)), fps=fps)], frames
-                )
-                if isinstance(f, VideoFrame)
-            ]
-            result["lipsync"] = _lipsync(video, portrait, audio, rate, fps, "animator")
-            gan = FaceStage(Wav2LipDriver(portrait, engine=FACE_GAN), fps=fps)
-            frames = [*_split(audio, rate, "gan"), EndOfUtterance(utterance_id="gan")]
-            video = [f async for f in run_stages(runtime, [gan], frames) if isinstance(f, VideoFrame)]
-            result["face_gan"] = {
-                "lipsync": _lipsync(video, portrait, audio, rate, fps, "gan"),
-                **await asyncio.to_thread(_gan_one_core, portrait, audio16k, fps),
-            }
         spec = wav2lip_spec(WeightsSource.path(checkpoint))
         generator = []
         for backend in ("torch", "onnxruntime"):

@@ -38,9 +38,9 @@ from aiortc.mediastreams import VIDEO_TIME_BASE, MediaStreamError, MediaStreamTr
 
 from anchor.config import AnchorSettings
 from anchor.control import SessionControl
-from anchor.face.animator import MouthRenderer
 from anchor.face.look import PortraitLook
 from anchor.face.portrait import default_image, fit, make_portrait
+from anchor.face.rig import MouthRig
 from anchor.face.stage import AnimatorDriver, FaceStage
 from anchor.fakes import FakeResponder, FakeTTS
 from anchor.graph import AUDIO_OUT, VIDEO_OUT, Graph
@@ -117,7 +117,7 @@ async def _anchor(size: int) -> AsyncIterator[Session]:
     settings = AnchorSettings(media={"width": size, "height": size})
     portrait = make_portrait(fit(default_image(), (size, size)))
     tts = FakeTTS("tts", ms_per_word=250)
-    face = FaceStage(AnimatorDriver(MouthRenderer(portrait)))
+    face = FaceStage(AnimatorDriver(MouthRig(portrait)))
     graph = Graph().chain(FakeResponder("responder"), tts).link(tts, AUDIO_OUT)
     graph.add(face).link(tts, face).link(face, VIDEO_OUT)
     async with Runtime(settings) as rt:

@@ -1,7 +1,8 @@
-"""The default face driver: a mouth shaped from the speech audio itself, warped into the portrait.
+"""The weightless face driver: a mouth shape from the speech audio's level and spectrum.
 
-No phonemes and no weights: per video frame, the level and spectral balance
-of the frame's own audio give the mouth's opening, width and rounding:
+No phonemes and no weights (the mouth GAN learns this mapping properly):
+per video frame, the level and spectral balance of the frame's own audio
+give the mouth's opening, width and rounding:
 
 - opening follows loudness (relative to a slowly adapting peak, so quiet
   and loud voices both move the mouth), less for hissing sounds (s, f, sh
@@ -12,45 +13,24 @@ of the frame's own audio give the mouth's opening, width and rounding:
 Values are smoothed with a centred 3-tap filter, so a frame needs the audio
 of the next frame too: the driver's lookahead is one frame (40 ms at 25 fps).
 
-The renderer moves pixels rather than painting a mouth: below the lip line
-the lower lip and jaw drop by the opening (a half-ellipse across the mouth,
-fading to nothing by the chin), the upper lip lifts a little, the mouth
-narrows or widens about its centre, and the gap shows a shaded inner mouth
-with an upper-teeth band. Every displacement reaches zero well inside the
-warped region, so the region's border never shows.
+The shapes are drawn by the mouth rig (``anchor.face.rig``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 import numpy.typing as npt
 
+from anchor.face.mouth import CLOSED, MouthShape
 from anchor.face.portrait import Image, Portrait
 
 AUDIO_RATE = 16000
 _BANDS = ((80.0, 900.0), (900.0, 2600.0), (2600.0, 7600.0))
 _GATE_DB = -55.0
 _RANGE_DB = 26.0
-
-
-@dataclass(frozen=True)
-class MouthShape:
-    """``open`` and ``round`` in [0, 1]; ``width`` in [-1, 1] (narrow to wide)."""
-
-    open: float = 0.0
-    width: float = 0.0
-    round: float = 0.0
-
-
-CLOSED = MouthShape()
-
-
-def _smoothstep(t: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-    t = np.clip(t, 0.0, 1.0)
-    return t * t * (3 - 2 * t)
+SPEECH_OPEN = 0.6
 
 
 @dataclass
@@ -76,7 +56,8 @@ class MouthTrack:
         hiss, middle, bass = high / total, mid / total, low / total
         rounding = float(np.clip((bass - 0.7) * 3.5 - middle, 0.0, 1.0)) * loud
         width = float(np.clip((middle - 0.25) * 2.5 - rounding, -1.0, 1.0)) * loud
-        opening = loud * (1.0 - 0.6 * float(np.clip((hiss - 0.2) * 2.0, 0.0, 1.0)))
+        # Full voice opens the jaw to about 60 % of its range (the rest is for shouting and yawns).
+        opening = SPEECH_OPEN * loud * (1.0 - 0.6 * float(np.clip((hiss - 0.2) * 2.0, 0.0, 1.0)))
         return MouthShape(open=opening, width=width, round=rounding)
 
     def push(self, audio: npt.NDArray[np.float32]) -> MouthShape | None:
@@ -100,75 +81,6 @@ class MouthTrack:
 
 def _vals(shape: MouthShape) -> tuple[float, float, float]:
     return shape.open, shape.width, shape.round
-
-
-class MouthRenderer:
-    """Warps a portrait's mouth region to a ``MouthShape``; everything else is the portrait as is."""
-
-    #: Largest lip gap, as a fraction of the mouth's half width.
-    max_open = 0.6
-
-    def __init__(self, portrait: Portrait) -> None:
-        self.portrait = portrait
-        m = portrait.mouth
-        h, w = portrait.image.shape[:2]
-        hw = m.half_width
-        self.x0, self.x1 = max(0, int(m.cx - 1.7 * hw)), min(w, int(m.cx + 1.7 * hw) + 1)
-        self.y0, self.y1 = max(0, int(m.y - 0.9 * hw)), min(h, int(m.y + m.chin + 0.7 * hw) + 1)
-        ys, xs = np.mgrid[self.y0 : self.y1, self.x0 : self.x1].astype(np.float32)
-        self._xs, self._ys = xs, ys
-        self._u = (xs - m.cx) / hw  # -1..1 across the mouth
-        below = ys - m.y
-        self._below = below
-        # How much of the lip gap a pixel below the line follows (1 at the lips, 0 at the chin and beyond).
-        reach = m.chin + 0.6 * hw
-        self._fall_low = 1.0 - _smoothstep((below - 0.35 * m.chin) / (reach - 0.35 * m.chin))
-        self._fall_up = 1.0 - _smoothstep(-below / (0.85 * hw))
-        self._jaw = 1.0 - _smoothstep(
-            (np.abs(self._u) - 0.9) / 0.7
-        )  # the jaw moves as one, wider than the lips
-        self._lip_blend = _smoothstep(below / (0.45 * hw))  # lower lip (0) to jaw (1)
-        self._near = (1.0 - _smoothstep((np.abs(self._u) - 1.0) / 0.6)) * (
-            1.0 - _smoothstep((np.abs(below) - 0.3 * hw) / (0.5 * hw))
-        )  # the width change: nothing left 0.8 half-widths above or below the lip line
-        self.base = portrait.image
-        self._roi = portrait.image[self.y0 : self.y1, self.x0 : self.x1].astype(np.float32)
-
-    def render(self, shape: MouthShape) -> Image:
-        m = self.portrait.mouth
-        hw = m.half_width
-        d = shape.open * self.max_open * hw
-        if d < 0.25 and abs(shape.width) < 0.02 and shape.round < 0.02:
-            return self.base
-        sx = 1.0 + 0.12 * shape.width - 0.22 * shape.round
-        u = self._u / sx
-        profile = np.sqrt(np.clip(1.0 - u * u, 0.0, None)) ** (1.2 - 0.5 * shape.round)
-        gap = d * profile
-        lift = 0.2 * gap
-        drop = (gap + (d * self._jaw - gap) * self._lip_blend) * self._fall_low
-        below = self._below
-        src_y = np.where(below >= 0, self._ys - drop, self._ys + lift * self._fall_up)
-        src_x = self._xs - (self._xs - m.cx) * (1.0 - 1.0 / sx) * self._near
-        out = cv2.remap(
-            self._roi,
-            (src_x - self.x0).astype(np.float32),
-            (src_y - self.y0).astype(np.float32),
-            cv2.INTER_LINEAR,
-            borderMode=cv2.BORDER_REPLICATE,
-        )
-        # The inner mouth: where the output lies between the lifted upper lip and the dropped lower lip.
-        inside = np.minimum(below + lift, gap - below)
-        alpha = np.clip(inside, 0.0, 1.0)[..., None] * (gap > 0.4)[..., None]
-        depth = np.clip((below + lift) / np.maximum(gap + lift, 1e-3), 0.0, 1.0)
-        cavity = np.stack(
-            [70 - 40 * depth, 22 - 12 * depth, 28 - 14 * depth], axis=-1
-        )  # dark red, darker low
-        teeth = _smoothstep(1.0 - (below + lift) / np.maximum(0.28 * (gap + lift), 1.0))[..., None]
-        cavity = cavity + (np.array([228.0, 222.0, 212.0]) - cavity) * teeth * 0.85
-        out = out + (cavity.astype(np.float32) - out) * alpha
-        frame = self.base.copy()
-        frame[self.y0 : self.y1, self.x0 : self.x1] = np.clip(out + 0.5, 0, 255).astype(np.uint8)
-        return frame
 
 
 def mouth_opening(frame: Image, portrait: Portrait) -> float:

@@ -1,9 +1,8 @@
 """Avatars from files: an image, or a short video played in a forwards-backwards loop.
 
-Video frames get their face boxes detected one by one, then smoothed over a
-few frames (a detector jitters by a few pixels from frame to frame, which
-would make the redrawn mouth shake); a frame where detection fails borrows
-its neighbours' box.
+A video's face is found once, on its first frame; its landmarks are then
+followed from frame to frame and smoothed over a few frames, so the mouth
+rig of every frame sits on that frame's own lips.
 """
 
 from __future__ import annotations
@@ -13,16 +12,8 @@ from pathlib import Path
 import av
 import numpy as np
 
-from anchor.face.portrait import (
-    AvatarError,
-    Box,
-    Image,
-    Portrait,
-    default_image,
-    detect_face,
-    load_image,
-    make_portrait,
-)
+from anchor.face.landmarks import FaceFound, Points, check_pose, detect_landmarks, track_landmarks
+from anchor.face.portrait import AvatarError, Image, Portrait, default_image, load_image, make_portrait
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"}
 
@@ -43,31 +34,28 @@ def read_video(path: Path, max_frames: int) -> list[Image]:
     return frames
 
 
-def smooth_boxes(boxes: list[Box | None], window: int = 5) -> list[Box]:
-    """Each box replaced by the mean of the detected boxes within ``window`` frames of it."""
-    found = [i for i, b in enumerate(boxes) if b is not None]
-    if not found:
-        raise AvatarError("no face found in any frame of the avatar video")
-    arr = np.array([[b.x, b.y, b.w, b.h] if b else [np.nan] * 4 for b in boxes], dtype=np.float64)
-    out = []
+def smooth_tracks(points: list[Points], window: int = 5) -> list[Points]:
+    """Each frame's landmarks replaced by their mean over ``window`` frames (the predictor jitters by a pixel
+    or two from frame to frame, which would make the redrawn mouth shimmer)."""
+    stack = np.stack(points)
     half = window // 2
-    for i in range(len(boxes)):
-        near = arr[max(0, i - half) : i + half + 1]
-        if np.isnan(near[:, 0]).all():
-            near = arr[[min(found, key=lambda j: abs(j - i))]]
-        x, y, w, h = np.nanmean(near, axis=0)
-        out.append(Box(round(x), round(y), round(w), round(h)))
-    return out
+    return [stack[max(0, i - half) : i + half + 1].mean(axis=0) for i in range(len(points))]
 
 
 def video_portraits(frames: list[Image]) -> list[Portrait]:
-    boxes: list[Box | None] = []
-    for frame in frames:
-        try:
-            boxes.append(detect_face(frame))
-        except AvatarError:
-            boxes.append(None)
-    return [make_portrait(f, b) for f, b in zip(frames, smooth_boxes(boxes), strict=True)]
+    """The first frame's face found by the detector, then followed frame by frame by the shape predictor."""
+    first = detect_landmarks(frames[0], "the first frame of the avatar video")
+    box = np.array(first.box, dtype=np.float32)
+    tracks = [first.points]
+    for k, frame in enumerate(frames[1:], start=1):
+        moved = box.copy()
+        moved[:2] += tracks[-1].mean(axis=0) - first.points.mean(axis=0)
+        points = track_landmarks(frame, (int(moved[0]), int(moved[1]), int(moved[2]), int(moved[3])))
+        check_pose(points, f"frame {k} of the avatar video")
+        tracks.append(points)
+    return [
+        make_portrait(f, FaceFound(first.box, p)) for f, p in zip(frames, smooth_tracks(tracks), strict=True)
+    ]
 
 
 def load_avatar(path: Path | None, *, max_frames: int = 250) -> list[Portrait]:

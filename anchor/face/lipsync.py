@@ -18,8 +18,10 @@ import numpy as np
 
 from anchor.config import AnchorSettings
 from anchor.face.avatar import load_avatar
+from anchor.face.contact_sheet import mouth_box, mouth_crop, write_contact_sheet
 from anchor.face.drivers import DriverName, face_driver
 from anchor.face.look import PortraitLook
+from anchor.face.portrait import Image
 from anchor.face.stage import FaceStage
 from anchor.frames import AudioChunk, EndOfUtterance, Frame, VideoFrame
 from anchor.offline import read_wav, run_stages
@@ -36,9 +38,18 @@ class LipsyncResult:
 
 
 async def lipsync(
-    settings: AnchorSettings, audio_path: Path, out: Path, *, avatar: Path | None, driver_name: DriverName
+    settings: AnchorSettings,
+    audio_path: Path,
+    out: Path,
+    *,
+    avatar: Path | None,
+    driver_name: DriverName,
+    contact_sheet: Path | None = None,
 ) -> LipsyncResult:
-    """``audio_path`` onto ``avatar`` into ``out``; driver ``animator``, ``gan`` (ours) or ``wav2lip``."""
+    """``audio_path`` onto ``avatar`` into ``out``; driver ``animator``, ``gan`` (ours) or ``wav2lip``.
+
+    With ``contact_sheet``, also a PNG of the mouth over time (``anchor.face.contact_sheet``).
+    """
     audio, rate = await asyncio.to_thread(read_wav, audio_path)
     mono = audio.mean(axis=1).astype(np.float32)
     if len(mono) == 0:
@@ -55,6 +66,8 @@ async def lipsync(
     chunks.append(EndOfUtterance(utterance_id="lipsync"))
     height, width = portraits[0].image.shape[:2]
     written = 0
+    box = mouth_box(portraits[0])
+    crops: list[Image] = []
     with MediaWriter(
         out, width=width - width % 2, height=height - height % 2, fps=fps, sample_rate=rate
     ) as writer:
@@ -65,9 +78,14 @@ async def lipsync(
                     even = np.ascontiguousarray(image[: height - height % 2, : width - width % 2])
                     await asyncio.to_thread(writer.add_video, even)  # x264 encoding: off the loop
                     written += 1
+                    if contact_sheet is not None:
+                        crops.append(mouth_crop(image, box))
         await asyncio.to_thread(writer.add_audio, mono)
         video_s, audio_s = writer.seconds
     expected = math.ceil(len(mono) * fps / rate)
     if written != expected:
         raise RuntimeError(f"lipsync rendered {written} frames for {expected} frames of audio")
+    if contact_sheet is not None:
+        title = f"{audio_path.name}: {driver_name} face, {len(mono) / rate:.1f} s"
+        await asyncio.to_thread(write_contact_sheet, contact_sheet, crops, mono, rate, fps, title=title)
     return LipsyncResult(frames=written, audio_s=audio_s, video_s=video_s, driver=driver_name)

@@ -1,8 +1,7 @@
-"""The avatar: a portrait, where its face, mouth and eyes are, and seamless paste-back.
+"""The avatar: a portrait, its 68 facial landmarks, where its face, mouth and eyes are; paste-back.
 
-Faces and eyes come from OpenCV's bundled Haar cascades (no download). The
-mouth line is refined from the pixels: the darkest row across the middle of
-the mouth, where lips meet (or, in a smile, where upper and lower teeth meet).
+Landmarks come from dlib (``anchor.face.landmarks``), found once per
+portrait; the face box, the mouth line and the eyes are read off them.
 """
 
 from __future__ import annotations
@@ -14,11 +13,22 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from anchor.face.errors import AvatarError
+from anchor.face.landmarks import (
+    INNER_LIPS,
+    LEFT_EYE,
+    MOUTH_LEFT,
+    MOUTH_RIGHT,
+    RIGHT_EYE,
+    FaceFound,
+    Points,
+    detect_landmarks,
+)
+from anchor.face.mouth import CLOSED
+
+__all__ = ["AvatarError", "Box", "Image", "Mouth", "Portrait", "make_portrait"]
+
 Image = npt.NDArray[np.uint8]
-
-
-class AvatarError(ValueError):
-    """An avatar image or video could not be used (unreadable, or no face in it)."""
 
 
 @dataclass(frozen=True)
@@ -49,90 +59,64 @@ class Portrait:
     face: Box
     mouth: Mouth
     eyes: tuple[Box, ...]
+    landmarks: Points  # [68, 2], dlib's order (``anchor.face.landmarks``)
 
     @property
     def size(self) -> tuple[int, int]:
         return self.image.shape[1], self.image.shape[0]
 
 
-def _cascade(name: str) -> cv2.CascadeClassifier:
-    path = Path(cv2.__file__).parent / "data" / name  # cv2.data.haarcascades
-    cascade = cv2.CascadeClassifier(str(path))
-    if cascade.empty():
-        raise AvatarError(f"OpenCV's bundled cascade {path} could not be loaded")
-    return cascade
+def _eye_box(points: Points) -> Box:
+    """A square around one eye's six landmarks, 1.5 eye widths across (what the eyelid blink draws in)."""
+    cx, cy = points.mean(axis=0)
+    side = 1.5 * float(np.linalg.norm(points[3] - points[0]))
+    return Box(round(cx - side / 2), round(cy - side / 2), round(side), round(side))
 
 
-def detect_face(image: Image) -> Box:
-    """The largest frontal face, or ``AvatarError``."""
-    gray = cv2.equalizeHist(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY))
-    side = min(image.shape[:2])
-    found = _cascade("haarcascade_frontalface_default.xml").detectMultiScale(
-        gray, scaleFactor=1.1, minNeighbors=5, minSize=(max(24, side // 10),) * 2
-    )
-    if len(found) == 0:
-        raise AvatarError(f"no face found in the {image.shape[1]}x{image.shape[0]} avatar image")
-    x, y, w, h = max(found, key=lambda b: int(b[2]) * int(b[3]))
-    return Box(int(x), int(y), int(w), int(h))
-
-
-def _eyes(gray: npt.NDArray[np.uint8], face: Box) -> tuple[Box, ...]:
-    upper = gray[face.y : face.y + face.h // 2 + face.h // 8, face.x : face.x + face.w]
-    found = _cascade("haarcascade_eye.xml").detectMultiScale(
-        upper, scaleFactor=1.05, minNeighbors=3, minSize=(face.w // 8,) * 2, maxSize=(face.w // 2,) * 2
-    )
-    boxes = sorted(
-        (Box(int(x) + face.x, int(y) + face.y, int(w), int(h)) for x, y, w, h in found), key=lambda b: b.x
-    )
-    if len(boxes) >= 2:
-        left = boxes[0]
-        right = max(boxes[1:], key=lambda b: b.x)
-        if right.x - left.x > face.w // 5:
-            return left, right
-    # Typical proportions when the cascade misses: eyes at 38% height, 30% / 70% across.
-    size = face.w // 4
-    return tuple(
-        Box(int(face.x + fx * face.w - size / 2), int(face.y + 0.38 * face.h - size / 2), size, size)
-        for fx in (0.3, 0.7)
+def _mouth(points: Points) -> Mouth:
+    left, right = points[MOUTH_LEFT], points[MOUTH_RIGHT]
+    seam = float(points[INNER_LIPS][:, 1].mean())
+    return Mouth(
+        cx=float(left[0] + right[0]) / 2,
+        y=seam,
+        half_width=float(np.linalg.norm(right - left)) / 2,
+        chin=max(1.0, float(points[8, 1]) - seam),
     )
 
 
-def _mouth(gray: npt.NDArray[np.uint8], face: Box) -> Mouth:
-    """The lip line: the darkest row in the mouth band, or, where teeth show below it, their lower edge."""
-    cx = face.x + face.w / 2
-    half_width = 0.22 * face.w
-    guess = face.y + 0.8 * face.h
-    lo, hi = max(0, int(guess - 0.09 * face.h)), int(guess + 0.1 * face.h)
-    band = gray[lo:hi, int(cx - half_width / 2) : int(cx + half_width / 2)].astype(np.float32)
-    y = guess
-    if band.size:
-        rows = band.mean(axis=1)
-        dark = int(np.argmin(rows[: int(0.16 * face.h)]))
-        skin = float(np.median(rows))
-        after = rows[dark : dark + int(0.12 * face.h)]
-        bright = dark + int(np.argmax(after))
-        if rows[bright] > skin + 15:  # teeth: part the lips at the bottom of the upper row
-            edge = bright
-            while edge + 1 < len(rows) and rows[edge + 1] > (rows[bright] + skin) / 2:
-                edge += 1
-            y = lo + edge + 1.0
-        else:
-            y = lo + float(dark)
-    chin = min(float(gray.shape[0] - 1), face.y + 1.12 * face.h) - y
-    return Mouth(cx=cx, y=y, half_width=half_width, chin=max(chin, 0.2 * face.h))
-
-
-def make_portrait(image: Image, face: Box | None = None) -> Portrait:
-    """A portrait from an RGB uint8 image with one clearly visible frontal face (or its known box)."""
+def check_image(image: Image) -> None:
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise AvatarError(
             f"avatar must be an RGB uint8 image (height, width, 3), got {image.dtype} {image.shape}"
         )
-    face = face or detect_face(image)
-    gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+
+
+def make_portrait(image: Image, found: FaceFound | None = None) -> Portrait:
+    """A portrait from an RGB uint8 image with one clearly visible frontal face (or its known landmarks)."""
+    check_image(image)
+    found = found or detect_landmarks(image)
+    portrait = _portrait(image, found.box, found.points)
+    from anchor.face.rig import MouthRig  # the rig draws on portraits: imported here, not at the top
+
+    rig = MouthRig(portrait)
+    if not rig.opened_in_photo:
+        return portrait
+    # A mouth open in the photo (a smile with teeth) is closed once, so idle and speech share one rest pose.
+    return _portrait(rig.render(CLOSED), found.box, rig.points(CLOSED))
+
+
+def _portrait(image: Image, box: tuple[int, int, int, int], points: Points) -> Portrait:
+    points = np.array(points, dtype=np.float32)
+    points.flags.writeable = False
     image = image.copy()
     image.flags.writeable = False
-    return Portrait(image=image, face=face, mouth=_mouth(gray, face), eyes=_eyes(gray, face))
+    return Portrait(
+        image=image,
+        face=Box(*box),
+        mouth=_mouth(points),
+        eyes=(_eye_box(points[RIGHT_EYE]), _eye_box(points[LEFT_EYE])),
+        landmarks=points,
+    )
 
 
 def default_image() -> Image:
@@ -140,6 +124,13 @@ def default_image() -> Image:
     from skimage import data  # imported here: scikit-image is slow to import
 
     return np.ascontiguousarray(data.astronaut())
+
+
+def second_image() -> Image:
+    """A second public-domain portrait with a closed mouth: Grace Hopper (US Navy photo), from matplotlib."""
+    import matplotlib  # imported here: only benchmarks and tests use it
+
+    return load_image(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg")
 
 
 def load_image(path: Path, size: tuple[int, int] | None = None) -> Image:

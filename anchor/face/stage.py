@@ -12,7 +12,7 @@ holding the last sample.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Protocol
@@ -20,9 +20,12 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from anchor.face.animator import MouthRenderer, MouthShape, MouthTrack
+from anchor.face.animator import MouthTrack
+from anchor.face.mouth import MouthShape
 from anchor.face.portrait import Image
-from anchor.frames import AudioChunk, EndOfUtterance, Frame, VideoFrame
+from anchor.face.rig import MouthRig
+from anchor.face.visemes import Timed
+from anchor.frames import AudioChunk, EndOfUtterance, Frame, Phonemes, VideoFrame
 from anchor.speech.resample import StreamingResampler
 from anchor.stage import Stage, StageContext
 
@@ -55,6 +58,10 @@ class Heard:
 
 class FaceTrack(Protocol):
     """One utterance's face, rendered in order."""
+
+    def hear_phonemes(self, phonemes: Sequence[Timed]) -> None:
+        """What the voice will say and when (seconds from the utterance's start); a track may ignore it."""
+        ...
 
     async def render(self, ctx: StageContext, heard: Heard, first: int, count: int) -> list[Image]:
         """Pictures for frames ``first .. first+count``; their audio and lookahead are in ``heard``."""
@@ -96,6 +103,7 @@ class FaceStage(Stage):
         self.batch = batch
         self._lookahead = driver.lookahead_samples(self.fps)
         self._live: dict[str, _Utterance] = {}
+        self._tracks: dict[str, FaceTrack] = {}  # made at an utterance's first frame of either kind
 
     async def start(self, ctx: StageContext) -> None:
         await super().start(ctx)
@@ -107,13 +115,22 @@ class FaceStage(Stage):
 
     async def process(self, frame: Frame) -> AsyncGenerator[Frame, None]:
         uid = frame.utterance_id
-        if isinstance(frame, AudioChunk):
+        if isinstance(frame, Phonemes):
+            track = self._tracks.setdefault(uid, self.driver.track(self.fps))
+            rate = frame.sample_rate
+            track.hear_phonemes(
+                [
+                    Timed(s, a / rate, b / rate)
+                    for s, a, b in zip(frame.symbols, frame.bounds, frame.bounds[1:], strict=False)
+                ]
+            )
+        elif isinstance(frame, AudioChunk):
             u = self._live.get(uid)
             if u is None:
                 u = _Utterance(
                     frame.sample_rate,
                     StreamingResampler(frame.sample_rate, RATE),
-                    self.driver.track(self.fps),
+                    self._tracks.setdefault(uid, self.driver.track(self.fps)),
                 )
                 self._live[uid] = u
             if frame.sample_rate != u.sample_rate:
@@ -127,6 +144,7 @@ class FaceStage(Stage):
             async for out in self._render(uid, u, ready):
                 yield out
         elif isinstance(frame, EndOfUtterance):
+            self._tracks.pop(uid, None)
             u = self._live.pop(uid, None)
             if u is not None:
                 u.heard.audio = np.concatenate([u.heard.audio, u.resampler.flush()])
@@ -161,6 +179,7 @@ class FaceStage(Stage):
     def on_cancel(self, utterance_ids: frozenset[str]) -> None:
         for uid in utterance_ids:
             self._live.pop(uid, None)
+            self._tracks.pop(uid, None)
 
 
 def looped(index: int, length: int) -> int:
@@ -172,7 +191,7 @@ def looped(index: int, length: int) -> int:
 
 
 class AnimatorDriver:
-    """The default driver: ``MouthTrack`` + ``MouthRenderer`` (no weights; see ``animator``).
+    """The default driver: ``MouthTrack`` + ``MouthRig`` (no weights; see ``animator``).
 
     Several renderers (one per frame of a video avatar) are used in a
     forwards-backwards loop; an image avatar has one.
@@ -180,9 +199,9 @@ class AnimatorDriver:
 
     history_samples = 0
 
-    def __init__(self, *renderers: MouthRenderer) -> None:
+    def __init__(self, *renderers: MouthRig) -> None:
         if not renderers:
-            raise ValueError("AnimatorDriver needs at least one MouthRenderer")
+            raise ValueError("AnimatorDriver needs at least one MouthRig")
         self.renderers = renderers
 
     def lookahead_samples(self, fps: Fraction) -> int:
@@ -196,7 +215,7 @@ class AnimatorDriver:
 
 
 class _AnimatorTrack:
-    def __init__(self, renderers: tuple[MouthRenderer, ...], fps: Fraction) -> None:
+    def __init__(self, renderers: tuple[MouthRig, ...], fps: Fraction) -> None:
         self.renderers = renderers
         self.fps = fps
         self.mouth = MouthTrack()
@@ -205,6 +224,9 @@ class _AnimatorTrack:
 
     def _bounds(self, index: int) -> tuple[int, int]:
         return int(index * RATE / self.fps), int((index + 1) * RATE / self.fps)
+
+    def hear_phonemes(self, phonemes: Sequence[Timed]) -> None:
+        return None  # the animator listens to the sound only
 
     def _draw(self, heard: Heard, first: int, count: int) -> list[Image]:
         if first != self._drawn:

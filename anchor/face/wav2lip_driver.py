@@ -12,6 +12,7 @@ Frames of every session go through the engine hub, which batches them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -21,6 +22,7 @@ import numpy.typing as npt
 
 from anchor.face.portrait import Box, Image, Portrait, feathered_mask, paste
 from anchor.face.stage import FaceTrack, Heard, looped
+from anchor.face.visemes import Timed
 from anchor.stage import StageContext
 from engines.face.wav2lip import FACE_SIZE, lookahead_samples, streaming_windows
 
@@ -101,6 +103,9 @@ class _Wav2LipTrack:
     def __init__(self, driver: Wav2LipDriver, fps: Fraction) -> None:
         self.driver = driver
         self.fps = fps
+
+    def hear_phonemes(self, phonemes: Sequence[Timed]) -> None:
+        return None  # Wav2Lip draws from the mel alone
 
     async def render(self, ctx: StageContext, heard: Heard, first: int, count: int) -> list[Image]:
         d = self.driver

@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from anchor.speech.mel_tts import MelTTS
+from anchor.speech.mel_tts import MelTTS, Timing
 from anchor.speech.normalize import normalize
 from anchor.stage import StageContext
 from engines.models.fastspeech import FastSpeech
@@ -47,20 +47,23 @@ class AcousticTTS(MelTTS):
         self._model = await ctx.run_blocking(load_acoustic, self.checkpoint or ACOUSTIC_WEIGHTS.resolve())
         self._voice = await ctx.run_blocking(PiperVoice.for_model, JOE_MODEL.resolve())
 
-    def _chunks(self, ids: list[int]) -> Iterator[torch.Tensor]:
+    def _chunks(self, ids: list[int]) -> tuple[list[int], Iterator[torch.Tensor]]:
+        """Mel frames per phoneme id, and the decoder's chunks."""
         assert self._model is not None
         with torch.inference_mode():
             hidden, log_durations = self._model.encode(torch.tensor([ids]))
             frames = self._model.frames_of(log_durations[0], self.length_scale)
             expanded = torch.repeat_interleave(hidden, frames, dim=1)
-        return self._model.decode_chunks(expanded, self.chunk_frames)
+        return [int(f) for f in frames], self._model.decode_chunks(expanded, self.chunk_frames)
 
-    async def _blocks(self, phrase: str) -> AsyncIterator[npt.NDArray[np.float32]]:
-        assert self._voice is not None
+    async def _blocks(self, phrase: str) -> AsyncIterator[npt.NDArray[np.float32] | Timing]:
+        voice = self._voice
+        assert voice is not None
         text = normalize(phrase)
         if not any(ch.isalnum() for ch in text):
             return
-        for ids in await self.run_blocking(self._voice.phoneme_ids, text):
-            chunks = await self.run_blocking(self._chunks, ids)
+        for ids in await self.run_blocking(voice.phoneme_ids, text):
+            frames, chunks = await self.run_blocking(self._chunks, ids)
+            yield Timing(voice.symbols(ids), frames)
             while (mel := await self.run_blocking(next, chunks, None)) is not None:
                 yield mel[0].numpy()

@@ -1,24 +1,34 @@
 """What every acoustic stage of the mel path shares: phrases in, ``MelChunk``s out, pts per utterance.
 
 A subclass turns one phrase into mel blocks (``[80, frames]`` log-mels at
-22050 Hz, hop 256) with ``_blocks``; this base splits the streamed text into
-phrases, stamps each block's pts, flushes at ``EndOfUtterance`` and forgets
-cancelled utterances.
+22050 Hz, hop 256) with ``_blocks``, optionally preceded by the phonemes
+they will say and their frames (``Timing``), which go out as a ``Phonemes``
+frame for the face; this base splits the streamed text into phrases, stamps
+each block's pts, flushes at ``EndOfUtterance`` and forgets cancelled utterances.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
-from anchor.frames import EndOfUtterance, Frame, MelChunk, TextDelta
+from anchor.frames import EndOfUtterance, Frame, MelChunk, Phonemes, TextDelta
 from anchor.speech.phrases import PhraseSplitter
 from anchor.stage import Stage
 
 HOP = 256
 RATE = 22050
+
+
+@dataclass(frozen=True)
+class Timing:
+    """The phonemes of the mel blocks that follow, and the mel frames each lasts."""
+
+    symbols: list[str]
+    frames: list[int]
 
 
 class MelTTS(Stage):
@@ -30,8 +40,8 @@ class MelTTS(Stage):
         self._splitters: dict[str, PhraseSplitter] = {}
         self._pts: dict[str, int] = {}
 
-    def _blocks(self, phrase: str) -> AsyncIterator[npt.NDArray[np.float32]]:
-        """The phrase's mel, block by block, as soon as each is ready."""
+    def _blocks(self, phrase: str) -> AsyncIterator[npt.NDArray[np.float32] | Timing]:
+        """The phrase's mel, block by block, as soon as each is ready (a ``Timing`` before, if known)."""
         raise NotImplementedError
 
     async def process(self, frame: Frame) -> AsyncGenerator[Frame, None]:
@@ -51,9 +61,18 @@ class MelTTS(Stage):
         else:
             yield frame
 
-    async def _speak(self, uid: str, phrase: str) -> AsyncGenerator[MelChunk, None]:
+    async def _speak(self, uid: str, phrase: str) -> AsyncGenerator[MelChunk | Phonemes, None]:
         async for block in self._blocks(phrase):
             pts = self._pts.get(uid, 0)
+            if isinstance(block, Timing):
+                bounds = pts + HOP * np.concatenate([[0], np.cumsum(block.frames)])
+                yield Phonemes(
+                    symbols=tuple(block.symbols),
+                    bounds=tuple(int(b) for b in bounds),
+                    sample_rate=RATE,
+                    utterance_id=uid,
+                )
+                continue
             mel = np.ascontiguousarray(block, dtype=np.float32)
             self._pts[uid] = pts + mel.shape[1] * HOP
             yield MelChunk(mel=mel, sample_rate=RATE, hop_length=HOP, pts=pts, utterance_id=uid)

@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from anchor.frames import AudioChunk, EndOfUtterance, Frame, TextDelta
+from anchor.frames import AudioChunk, EndOfUtterance, Frame, Phonemes, TextDelta
 from anchor.speech.normalize import normalize
 from anchor.speech.phrases import PhraseSplitter
 from anchor.speech.resample import StreamingResampler
 from anchor.stage import Stage, StageContext
-from engines.voices.piper import JOE_MODEL, PiperVoice, audio_of
+from engines.voices.piper import JOE_MODEL, PiperVoice, audio_of, durations_of
 
 
 @dataclass
@@ -29,6 +29,7 @@ class _Utterance:
     splitter: PhraseSplitter
     resampler: StreamingResampler
     pts: int = 0
+    voiced: int = 0  # samples at the voice's own rate fed to the resampler: where the next phrase starts
 
 
 class PiperTTS(Stage):
@@ -96,13 +97,26 @@ class PiperTTS(Stage):
         else:
             yield frame
 
-    async def _speak(self, uid: str, state: _Utterance, phrase: str) -> AsyncGenerator[AudioChunk, None]:
+    async def _speak(
+        self, uid: str, state: _Utterance, phrase: str
+    ) -> AsyncGenerator[AudioChunk | Phonemes, None]:
         text = normalize(phrase)
         if not any(ch.isalnum() for ch in text):
             return
         for ids in await self.run_blocking(self.voice.phoneme_ids, text):
             outputs = await self.ctx.infer(self.engine, self.voice.inputs(ids))
             audio = np.clip(audio_of(outputs), -1.0, 1.0)
+            # The voice's own durations time its phonemes exactly: the face shapes the mouth from them.
+            frames = durations_of(outputs)
+            hop = len(audio) / max(1, int(frames.sum()))  # 256 samples a frame for Piper's voices
+            edges = state.voiced + np.round(np.concatenate([[0], np.cumsum(frames)]) * hop)
+            yield Phonemes(
+                symbols=tuple(self.voice.symbols(ids)),
+                bounds=tuple(int(e) for e in edges),
+                sample_rate=self.voice.config.sample_rate,
+                utterance_id=uid,
+            )
+            state.voiced += len(audio)
             # Resampling a phrase takes ~6 ms per second of audio: off the loop, away from the pacer.
             resampled = await self.run_blocking(state.resampler.process, audio)
             for chunk in self._chunks(uid, state, resampled):

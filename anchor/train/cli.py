@@ -52,17 +52,6 @@ def _data_vocoded(args: argparse.Namespace) -> int:
     return 0
 
 
-def _data_face(args: argparse.Namespace) -> int:
-    from anchor.train.face_data import render_faces
-
-    try:
-        shards = render_faces(args.out.expanduser(), shards=args.shards, workers=args.workers)
-    except FileNotFoundError as exc:
-        raise ConfigError(str(exc)) from None
-    print(f"{len(shards)} face shards in {args.out / 'face'}")
-    return 0
-
-
 def _budget(args: argparse.Namespace) -> Budget:
     return Budget(
         steps=args.steps, minutes=args.minutes, save_every=args.save_every, log_every=args.log_every
@@ -71,13 +60,13 @@ def _budget(args: argparse.Namespace) -> Budget:
 
 def _train(args: argparse.Namespace) -> int:
     from anchor.train.acoustic import train_acoustic
-    from anchor.train.face_gan import train_face
+    from anchor.train.mouth_gan import train_mouth
     from anchor.train.waveglow import train_waveglow
 
     trainers: dict[str, Callable[..., Path]] = {
         "acoustic": train_acoustic,
         "waveglow": train_waveglow,
-        "face": train_face,
+        "mouth": train_mouth,
     }
     extra: dict[str, object] = {"batch": args.batch} if args.batch else {}
     if getattr(args, "init", None) is not None:
@@ -148,9 +137,6 @@ def add_train_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     p = parts.add_parser("vocoded", help="HiFi-GAN vocodes the speech's mels: WaveGlow's waveform targets")
     p.add_argument("--shards", type=int, default=None, help="only the first N speech shards")
     p.set_defaults(func=_data_vocoded)
-    p = parts.add_parser("face", help="the default animator over the speech: 96x96 crops and mels")
-    p.add_argument("--shards", type=int, default=8, help="speech shards to animate (default 8)")
-    p.set_defaults(func=_data_face)
     for part, p in parts.choices.items():
         p.add_argument("--out", type=Path, default=DEFAULT_DATA, help=f"data folder (default {DEFAULT_DATA})")
         if part not in ("corpus", "vocoded"):
@@ -161,7 +147,7 @@ def add_train_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     for name, what in (
         ("acoustic", "the FastSpeech-style acoustic model, distilled from Piper"),
         ("waveglow", "a small WaveGlow on the teacher's audio"),
-        ("face", "the face GAN (Wav2Lip topology, quality discriminator)"),
+        ("mouth", "the mouth GAN (mel window -> mouth shape; phoneme teacher, temporal critic)"),
     ):
         p = kinds.add_parser(name, help=f"train {what}")
         p.add_argument("--data", type=Path, default=DEFAULT_DATA)

@@ -1,4 +1,4 @@
-"""Trained runs -> the weights that ship in ``engines/weights`` (fp16, public checkpoint layouts)."""
+"""Trained runs -> the weights that ship in ``engines/weights`` (fp16; public layouts where there is one)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from engines.weights import project_weights_dir
 SHIPPED = {
     "acoustic": "acoustic.pt",
     "waveglow": "waveglow.pt",
-    "face": "face_gan.pth",
+    "mouth": "mouth_gan.pt",
 }
 LIMIT_BYTES = 20 * 1024 * 1024
 

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from anchor.train.corpus import Sentence, read_corpus
 from anchor.train.workers import in_workers
 from engines.audio.mel import mel_spectrogram
+from engines.voices.piper import expose_durations
 
 SHARD = 100
 HOP = 256
@@ -44,10 +45,7 @@ def teacher_session(model: Path, threads: int = 1) -> object:
     import onnxruntime as ort
 
     graph = onnx.load(str(model))
-    ceil = [out for node in graph.graph.node if node.op_type == "Ceil" for out in node.output]
-    if len(ceil) != 1:
-        raise ValueError(f"{model}: expected one Ceil node (the duration predictor), found {len(ceil)}")
-    graph.graph.output.append(onnx.helper.make_empty_tensor_value_info(ceil[0]))
+    expose_durations(graph)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1

@@ -38,8 +38,6 @@ HOP = 200
 MEL_FPS = SAMPLE_RATE // HOP  # 80 mel frames a second
 MEL_WINDOW = 16  # mel frames per video frame (200 ms)
 FACE_SIZE = 96
-#: The engine of our own trained face GAN (Wav2Lip topology, shipped in ``engines/weights``).
-FACE_GAN = "face-gan"
 
 
 class ConvBlock(nn.Module):
@@ -331,7 +329,7 @@ def wav2lip_spec(weights: WeightsSource | None = None, name: str = "wav2lip") ->
         ),
         outputs=(TensorSpec("face", "float32", ("batch", 3, FACE_SIZE, FACE_SIZE)),),
         axes={"batch": Dim(1, 8, 128)},
-        weights=weights or WeightsSource.project("face_gan.pth" if name == FACE_GAN else "wav2lip.pth"),
+        weights=weights or WeightsSource.project("wav2lip.pth"),
         load=load_wav2lip,
         sample_value=_face_inputs,
         media_seconds=lambda inputs: inputs["audio"].shape[0] / 25,  # one frame at 25 fps

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+import onnx
 
 from engines.spec import Arrays, Dim, EngineSpec, TensorSpec
 from engines.weights import WeightsError, WeightsSource
@@ -62,6 +63,7 @@ class PiperVoice:
         self._phonemizer = EspeakPhonemizer()
         self._ids = config.phoneme_id_map
         self._pad, self._bos, self._eos = self._ids["_"][0], self._ids["^"][0], self._ids["$"][0]
+        self._symbols = {ids[0]: symbol for symbol, ids in config.phoneme_id_map.items() if ids}
 
     @classmethod
     def for_model(cls, model: Path) -> PiperVoice:
@@ -82,6 +84,10 @@ class PiperVoice:
                 out.append(ids)
         return out
 
+    def symbols(self, ids: list[int]) -> list[str]:
+        """The phoneme symbol of each id (``_`` pads, ``^``/``$`` sentence marks included)."""
+        return [self._symbols.get(i, "?") for i in ids]
+
     def inputs(self, ids: list[int]) -> Arrays:
         c = self.config
         scales = [c.noise_scale, c.length_scale, c.noise_w]
@@ -90,6 +96,24 @@ class PiperVoice:
             "input_lengths": np.asarray([len(ids)], dtype=np.int64),
             "scales": np.asarray(scales, dtype=np.float32),
         }
+
+
+def expose_durations(model: onnx.ModelProto) -> None:
+    """Make the duration predictor's frame counts (its one ``Ceil``) the graph's output ``durations``."""
+    ceil = [out for node in model.graph.node if node.op_type == "Ceil" for out in node.output]
+    if len(ceil) != 1:
+        raise WeightsError(
+            f"expected one Ceil node (the duration predictor) in the Piper voice, found {len(ceil)}"
+        )
+    model.graph.node.append(onnx.helper.make_node("Identity", [ceil[0]], ["durations"], name="durations"))
+    model.graph.output.append(
+        onnx.helper.make_tensor_value_info("durations", onnx.TensorProto.FLOAT, ["batch", 1, "phonemes"])
+    )
+
+
+def durations_of(outputs: Arrays) -> npt.NDArray[np.int64]:
+    """Frames (hop 256) per phoneme id, from the voice engine's ``durations`` output."""
+    return np.asarray(outputs["durations"], dtype=np.float32).reshape(-1).astype(np.int64)
 
 
 def audio_of(outputs: Arrays) -> npt.NDArray[np.float32]:
@@ -106,11 +130,15 @@ def piper_spec(name: str = "piper-joe", model: WeightsSource | None = None) -> E
             TensorSpec("input_lengths", "int64", ("batch",)),
             TensorSpec("scales", "float32", (3,)),
         ),
-        outputs=(TensorSpec("output", "float32", ("batch", 1, 1, "samples")),),
+        outputs=(
+            TensorSpec("output", "float32", ("batch", 1, 1, "samples")),
+            TensorSpec("durations", "float32", ("batch", 1, "phonemes")),
+        ),
         axes={"batch": Dim(1, 1, 1), "phonemes": Dim(4, 120, 4096), "samples": Dim(256, 88200, 4194304)},
         weights=model or JOE_MODEL,
         batchable=False,
         sample_value=_sample_ids,
+        onnx_edit=("durations", expose_durations),
     )
 
 
