@@ -37,12 +37,15 @@ class MouthGanDriver:
         if not portraits:
             raise ValueError("MouthGanDriver needs at least one portrait")
         self.engine = engine
-        self.rigs = [MouthRig(p) for p in portraits]
+        self.portraits = portraits
+        self.rigs: list[MouthRig] = []  # built by prepare(), off the event loop (~9 ms each)
 
     def lookahead_samples(self, fps: Fraction) -> int:
         return lookahead_samples(float(fps))
 
     async def prepare(self, ctx: StageContext) -> None:
+        if not self.rigs:
+            self.rigs = await ctx.run_blocking(lambda: [MouthRig(p) for p in self.portraits])
         await ctx.engines.prepare(self.engine)
 
     def track(self, fps: Fraction) -> FaceTrack:
@@ -50,6 +53,8 @@ class MouthGanDriver:
 
     def draw(self, shapes: np.ndarray, first: int) -> list[Image]:
         """Frames ``first ..`` with ``shapes`` (``[N, 3]``: open, width, round)."""
+        if not self.rigs:
+            raise RuntimeError("MouthGanDriver.draw before prepare()")
         n = len(self.rigs)
         return [self.rigs[looped(first + k, n)].render(MouthShape.of(s)) for k, s in enumerate(shapes)]
 
