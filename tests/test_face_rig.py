@@ -106,8 +106,11 @@ def test_an_open_mouthed_photo_gets_a_closed_rest_pose(
     rest = [float(astronaut.landmarks[lo, 1] - astronaut.landmarks[up, 1]) for up, lo in INNER_PAIRS]
     assert max(abs(g) for g in rest) < 0.02 * width
     assert not np.array_equal(astronaut.image, photos["astronaut"]), "closed by the warp"
+    assert astronaut.teeth is not None and min(astronaut.teeth) > 150, "her own teeth's colour is kept"
+    assert np.allclose(MouthRig(astronaut).teeth, astronaut.teeth)
     hopper = portraits["grace_hopper"]
     assert np.array_equal(hopper.image, photos["grace_hopper"]), "a closed mouth is left as it is"
+    assert hopper.teeth is None
     assert MouthRig(hopper).render(CLOSED) is hopper.image
 
 

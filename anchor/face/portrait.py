@@ -60,6 +60,8 @@ class Portrait:
     mouth: Mouth
     eyes: tuple[Box, ...]
     landmarks: Points  # [68, 2], dlib's order (``anchor.face.landmarks``)
+    #: The teeth's RGB as the photo showed them before its rest pose closed the mouth, if it did.
+    teeth: tuple[float, float, float] | None = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -102,10 +104,16 @@ def make_portrait(image: Image, found: FaceFound | None = None) -> Portrait:
     if not rig.opened_in_photo:
         return portrait
     # A mouth open in the photo (a smile with teeth) is closed once, so idle and speech share one rest pose.
-    return _portrait(rig.render(CLOSED), found.box, rig.points(CLOSED))
+    teeth = rig.photo_teeth
+    return _portrait(rig.render(CLOSED), found.box, rig.points(CLOSED), teeth)
 
 
-def _portrait(image: Image, box: tuple[int, int, int, int], points: Points) -> Portrait:
+def _portrait(
+    image: Image,
+    box: tuple[int, int, int, int],
+    points: Points,
+    teeth: tuple[float, float, float] | None = None,
+) -> Portrait:
     points = np.array(points, dtype=np.float32)
     points.flags.writeable = False
     image = image.copy()
@@ -116,6 +124,7 @@ def _portrait(image: Image, box: tuple[int, int, int, int], points: Points) -> P
         mouth=_mouth(points),
         eyes=(_eye_box(points[RIGHT_EYE]), _eye_box(points[LEFT_EYE])),
         landmarks=points,
+        teeth=teeth,
     )
 
 

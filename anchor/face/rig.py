@@ -208,7 +208,8 @@ class MouthRig:
     # -- colours --------------------------------------------------------------------------------
 
     def _colours(self, src: F32) -> None:
-        """The lips' colour (the cavity and tongue are shades of it); the teeth's, if the photo shows them."""
+        """The lips' colour (the cavity and tongue are shades of it); the teeth's, as the photo showed them
+        (before its rest pose closed the mouth: ``Portrait.teeth``) or else ivory toned to the face."""
         mask = np.zeros(self.base.shape[:2], np.uint8)
         cv2.fillPoly(mask, [np.round(src[OUTER_LIPS]).astype(np.int32)], 255)
         inner = np.zeros_like(mask)
@@ -217,8 +218,14 @@ class MouthRig:
         self.lip = lips.mean(axis=0) if len(lips) else np.array([150.0, 80.0, 80.0], np.float32)
         shown = self.base[inner > 0].astype(np.float32)
         bright = shown[shown.mean(axis=1) > lips.mean() + 40] if len(shown) and len(lips) else shown[:0]
-        if len(bright) > 12:
-            self.teeth = np.clip(bright.mean(axis=0), 0, 245).astype(np.float32)
+        shown_teeth = np.clip(bright.mean(axis=0), 0, 245) if len(bright) > 12 else None
+        self.photo_teeth: tuple[float, float, float] | None = None
+        if shown_teeth is not None:
+            self.photo_teeth = (float(shown_teeth[0]), float(shown_teeth[1]), float(shown_teeth[2]))
+        if self.portrait.teeth is not None:
+            self.teeth = np.array(self.portrait.teeth, dtype=np.float32)
+        elif shown_teeth is not None:
+            self.teeth = shown_teeth.astype(np.float32)
         else:
             # Ivory taking on the lips' warmth, no brighter than the face's own highlights.
             skin = self.base[mask > 0].astype(np.float32) if len(lips) else DEFAULT_TEETH[None]
