@@ -28,6 +28,7 @@ from engines.backends.ort_backend import OrtBackend
 from engines.backends.torch_backend import TorchBackend
 from engines.export import export_onnx
 from engines.face.mouth_gan import (
+    MAX_HISTORY_SAMPLES,
     MouthGenerator,
     frame_windows,
     history_samples,
@@ -151,6 +152,7 @@ def test_streaming_windows_equal_whole_file_windows() -> None:
     wav = (np.random.default_rng(3).standard_normal(RATE * 3) * 0.1).astype(np.float32)
     whole = frame_windows(wav, 0, 0, 70, 25.0)
     history, lookahead = history_samples(25.0), lookahead_samples(25.0)
+    assert all(history_samples(fps) <= MAX_HISTORY_SAMPLES for fps in (10.0, 25.0, 30.0, 60.0))
     for first, count in ((0, 1), (1, 8), (20, 8), (61, 8)):
         keep_from = max(0, first * 640 - history)
         heard = wav[keep_from : (first + count) * 640 + lookahead]

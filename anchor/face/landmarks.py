@@ -27,7 +27,6 @@ from anchor.face.errors import AvatarError
 Points = npt.NDArray[np.float32]  # [68, 2] (x, y) in image pixels
 
 JAW = slice(0, 17)
-NOSE = slice(27, 36)
 RIGHT_EYE = slice(36, 42)  # the subject's right eye: the image's left
 LEFT_EYE = slice(42, 48)
 OUTER_LIPS = slice(48, 60)

@@ -24,14 +24,11 @@ from anchor.face.rig import MouthRig
 from anchor.face.stage import RATE, FaceTrack, Heard, looped
 from anchor.face.visemes import TRANSPARENT, Effort, Timed, mouth_track, with_effort
 from anchor.stage import StageContext
-from engines.face.mouth_gan import MOUTH_GAN, frame_windows, lookahead_samples
-
-#: Audio before a frame that its window reaches, at any frame rate from 10 fps up (~130 ms).
-HISTORY = 2101
+from engines.face.mouth_gan import MAX_HISTORY_SAMPLES, MOUTH_GAN, frame_windows, lookahead_samples
 
 
 class MouthGanDriver:
-    history_samples = HISTORY
+    history_samples = MAX_HISTORY_SAMPLES
 
     def __init__(self, *portraits: Portrait, engine: str = MOUTH_GAN) -> None:
         if not portraits:

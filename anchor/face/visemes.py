@@ -100,14 +100,6 @@ class Effort:
         return float(np.clip((level - (self.peak - _RANGE_DB)) / _RANGE_DB, 0.0, 1.0))
 
 
-def effort(audio16k: npt.NDArray[np.float32], fps: float, frames: int) -> npt.NDArray[np.float32]:
-    """``Effort`` of each of the first ``frames`` video frames of a whole utterance (16 kHz)."""
-    step, tracker = 16000 / fps, Effort()
-    return np.array(
-        [tracker.next(audio16k[int(i * step) : int((i + 1) * step)]) for i in range(frames)], dtype=np.float32
-    )
-
-
 @dataclass(frozen=True)
 class Timed:
     """A phoneme and its interval in seconds from the utterance's start."""

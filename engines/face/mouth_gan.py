@@ -87,6 +87,10 @@ def lookahead_samples(fps: float) -> int:
     return math.ceil(last_centre + _MEL.n_fft / 2 - SAMPLE_RATE / fps)
 
 
+#: ``history_samples`` at any frame rate: the window's first STFT starts at most 8.5 hops before a frame.
+MAX_HISTORY_SAMPLES = _MEL.n_fft // 2 + 1 + (_HALF + 1) * HOP
+
+
 def history_samples(fps: float) -> int:
     """16 kHz samples before a frame's first sample that its window's STFT and pre-emphasis reach."""
     first_centre = (0.5 * MEL_FPS / fps - 0.5 - _HALF) * HOP
