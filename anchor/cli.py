@@ -145,7 +145,8 @@ def _cmd_say(args: argparse.Namespace) -> int:
 
     settings = _section(_settings(args), "voice", "--voice/--vocoder", name=args.voice, vocoder=args.vocoder)
     settings = _with_weights(settings, settings.voice.vocoder, args.vocoder_checkpoint)
-    stages = resolve_voice(settings, sigma=args.sigma, tacotron=args.checkpoint).stages()
+    settings = _with_weights(settings, "tacotron2", args.checkpoint)
+    stages = resolve_voice(settings, sigma=args.sigma, tacotron=args.checkpoint is not None).stages()
 
     async def render() -> list[AudioChunk]:
         async with Runtime(settings) as runtime:
@@ -400,7 +401,9 @@ def _cmd_bench_asr(args: argparse.Namespace) -> int:
 def _cmd_bench_tts(args: argparse.Namespace) -> int:
     from anchor.bench.tts import bench_tts
 
-    result = asyncio.run(bench_tts(_settings(args), rounds=args.rounds, warmup=args.warmup))
+    result = asyncio.run(
+        bench_tts(_settings(args), rounds=args.rounds, warmup=args.warmup, listen=not args.no_listen)
+    )
     _print(result, args.json)
     return 0
 
@@ -560,9 +563,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_bench_graph)
-    p = bench_sub.add_parser("tts", help="each voice: time to first audio and real-time factor")
+    p = bench_sub.add_parser(
+        "tts", help="each voice: time to first audio, real-time factor, and how it sounds (listening gate)"
+    )
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--no-listen", action="store_true", help="timing only: skip DistillMOS, WER and pitch")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_bench_tts)
     p = bench_sub.add_parser("face", help="face fps per driver/backend, first frame latency, lip-sync lag")

@@ -117,10 +117,11 @@ VocoderName = Literal["waveglow", "hifigan"]
 
 class VoiceSettings(_Section):
     name: VoiceName = Field(
-        "mel",
+        "piper",
         description=(
-            "The anchor's voice: our acoustic model (distilled from Piper, streams mel chunks as soon as "
-            "durations are known) followed by `vocoder`, or Piper itself (en_US-joe-medium, whole phrases)."
+            "The anchor's voice: Piper (en_US-joe-medium, whole phrases; the default, as the best-sounding "
+            "voice by `anchor train gate`), or our acoustic model (distilled from Piper, streams mel chunks "
+            "as soon as durations are known) followed by `vocoder`."
         ),
     )
     vocoder: VocoderName = Field(

@@ -84,6 +84,8 @@ def cuda_device(settings: EngineSettings) -> str:
 
 def onnx_file(spec: EngineSpec, settings: EngineSettings, weights_sha: str) -> Path:
     tag = f"{spec.exporter}-torch{torch.__version__.split('+')[0]}-opset{OPSET}"
+    if spec.revision:
+        tag += f"-{spec.revision}"
     return settings.cache_dir / "onnx" / f"{spec.name}-{weights_sha[:16]}-{tag}.onnx"
 
 

@@ -16,7 +16,8 @@ from engines.face.wav2lip import wav2lip_spec
 from engines.models.hifigan import HiFiGanConfig, HiFiGanGenerator
 from engines.settings import EngineSettings
 from engines.spec import Dim, EngineSpec, TensorSpec
-from engines.vocoders.waveglow import waveglow_spec
+from engines.vocoders.waveglow import waveglow_pitch_spec, waveglow_spec
+from engines.voices.acoustic import acoustic_specs
 from engines.voices.piper import piper_spec
 from engines.voices.tacotron2 import tacotron2_specs
 from engines.weights import (
@@ -80,6 +81,10 @@ def _tacotron_part(name: str) -> Callable[[WeightsSource | None], EngineSpec]:
     return lambda weights: tacotron2_specs(weights)[name]
 
 
+def _acoustic_part(name: str) -> Callable[[WeightsSource | None], EngineSpec]:
+    return lambda weights: acoustic_specs(weights)[name]
+
+
 def _whisper_part(name: str) -> Callable[[WeightsSource | None], EngineSpec]:
     return lambda weights: whisper_specs(weights)[name]
 
@@ -88,6 +93,8 @@ _CATALOG: dict[str, Callable[[WeightsSource | None], EngineSpec]] = {
     "hifigan": hifigan_spec,
     "piper-joe": lambda weights: piper_spec("piper-joe", weights),
     "waveglow": waveglow_spec,
+    "waveglow-pitch": waveglow_pitch_spec,
+    **{name: _acoustic_part(name) for name in ("acoustic-encoder", "acoustic-decoder")},
     "wav2lip": wav2lip_spec,
     MOUTH_GAN: mouth_gan_spec,
     **{
@@ -98,12 +105,27 @@ _CATALOG: dict[str, Callable[[WeightsSource | None], EngineSpec]] = {
 }
 
 
+#: Engines that are parts of one weights file, named by that file's setting: the pitch head of a
+#: source-filter WaveGlow lives in the ``waveglow`` weights, the parts of our acoustic model in the
+#: ``acoustic`` weights, Tacotron 2's three in the ``tacotron2`` weights.
+_WEIGHTS_OF = {
+    "waveglow-pitch": "waveglow",
+    "acoustic-encoder": "acoustic",
+    "acoustic-decoder": "acoustic",
+    "tacotron2-encoder": "tacotron2",
+    "tacotron2-decoder-step": "tacotron2",
+    "tacotron2-postnet": "tacotron2",
+}
+
+
 def catalog(settings: EngineSettings) -> dict[str, EngineSpec]:
     """Every engine, with the user's weight paths from ``settings.weights`` applied."""
-    unknown = sorted(set(settings.weights) - set(_CATALOG))
+    known = sorted({_WEIGHTS_OF.get(name, name) for name in _CATALOG})
+    unknown = sorted(set(settings.weights) - set(known))
     if unknown:
-        raise WeightsError(f"weights given for unknown engines {unknown}; known: {sorted(_CATALOG)}")
-    return {
-        name: factory(WeightsSource.path(settings.weights[name]) if name in settings.weights else None)
-        for name, factory in _CATALOG.items()
-    }
+        raise WeightsError(f"weights given for unknown engines {unknown}; known: {known}")
+    specs = {}
+    for name, factory in _CATALOG.items():
+        key = _WEIGHTS_OF.get(name, name)
+        specs[name] = factory(WeightsSource.path(settings.weights[key]) if key in settings.weights else None)
+    return specs

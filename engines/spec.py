@@ -68,6 +68,9 @@ class EngineSpec:
     #: For a model published as ONNX: an edit of its graph (named, for the cache) before it is run,
     #: such as exposing an inner tensor as an output. The edited graph is checked and cached.
     onnx_edit: tuple[str, Callable[[onnx.ModelProto], None]] | None = None
+    #: Names the module's graph for the export cache: change it when the code builds another graph
+    #: from the same weights (a fold, a new output), so cached ONNX files of the old one are not used.
+    revision: str = ""
 
     def __post_init__(self) -> None:
         for t in (*self.inputs, *self.outputs):

@@ -70,7 +70,11 @@ def build_engines(specs: dict[str, EngineSpec], settings: EngineSettings) -> lis
         except WeightsError as exc:
             report.append({**row, "status": "missing weights", "error": str(exc)})
             continue
-        exported = ensure_onnx(spec, settings, weights)
+        try:
+            exported = ensure_onnx(spec, settings, weights)
+        except WeightsError as exc:  # weights that lack this part (a WaveGlow without a pitch head)
+            report.append({**row, "status": "not in these weights", "error": str(exc)})
+            continue
         row["onnx"] = {"path": str(exported.path), "sha256": exported.sha256, "opset": exported.opset}
         candidate = OrtBackend(spec, exported.path, threads=settings.cpu_threads)
         if spec.prebuilt_onnx:

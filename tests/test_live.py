@@ -55,7 +55,7 @@ async def test_the_live_anchor_serves_speaks_and_stops(tmp_path: Path) -> None:
     assert seen["page"] == (200, True)
     assert seen["say"] == 202
     assert "mouth-gan" in seen["engines"], "our mouth GAN moves the live face by default"
-    assert "waveglow" in seen["engines"], "our trained WaveGlow vocodes the live voice by default"
+    assert "piper-joe" in seen["engines"], "Piper, the listening gate's choice, is the live voice by default"
 
 
 async def test_a_viewer_who_speaks_interrupts_is_transcribed_and_answered(tmp_path: Path) -> None:

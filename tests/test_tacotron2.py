@@ -185,16 +185,25 @@ def test_each_part_exports_to_onnx_with_parity(tmp_path: Path, checkpoint: Path,
         assert relative_error(got[name], expected[name]) <= spec.rtol_fp32, name
 
 
-async def test_the_acoustic_stage_streams_mel_chunks(tmp_path: Path, checkpoint: Path) -> None:
-    stage = Tacotron2TTS(checkpoint, chunk_frames=8, gate_threshold=2.0, max_decoder_steps=STEPS)
+async def test_the_acoustic_stage_streams_through_shared_engines_what_the_model_decodes(
+    tmp_path: Path, checkpoint: Path
+) -> None:
+    stage = Tacotron2TTS(chunk_frames=8, gate_threshold=2.0, max_decoder_steps=STEPS)
     frames: list[Frame] = [
         TextDelta(text="Good evening.", utterance_id="u"),
         EndOfUtterance(utterance_id="u"),
     ]
-    async with Runtime(AnchorSettings(engines={"cache_dir": tmp_path})) as rt:  # type: ignore[arg-type]
+    engines = {"cache_dir": tmp_path, "weights": {"tacotron2": str(checkpoint)}}
+    async with Runtime(AnchorSettings(engines=engines)) as rt:  # type: ignore[arg-type]
         out = [f async for f in run_stages(rt, [stage], frames)]
+        assert {"tacotron2-encoder", "tacotron2-decoder-step", "tacotron2-postnet"} <= set(
+            rt.engines.loaded()
+        )
     mels = [f for f in out if isinstance(f, MelChunk)]
     assert len(mels) >= 2 and isinstance(out[-1], EndOfUtterance)
     assert sum(m.num_frames for m in mels) == STEPS, "the max-steps cap ends a phrase whose gate never fires"
     assert all(m.mel.shape[0] == 80 and m.sample_rate == 22050 for m in mels)
     assert [m.pts for m in mels] == list(np.cumsum([0] + [m.num_frames * 256 for m in mels[:-1]]))
+    model = fixed_steps(load_tacotron2(checkpoint))
+    whole = model.infer(torch.tensor([text_to_ids("Good evening.")]))[0].numpy()
+    assert relative_error(np.concatenate([m.mel for m in mels], axis=1), whole) < 1e-3

@@ -276,7 +276,7 @@ async def test_our_waveglow_streams_through_its_stage_exactly_as_it_vocodes_whol
     mel = torch.randn(1, 80, 150, generator=torch.Generator().manual_seed(3)) - 5
     whole = model.infer(mel, sigma=sigma)[0].numpy()
 
-    async def vocode(window: np.ndarray) -> np.ndarray:
+    async def vocode(window: np.ndarray, keep: range) -> np.ndarray:
         return model.infer(torch.from_numpy(window)[None], sigma=sigma)[0].numpy()
 
     chunked = ChunkedVocoder(

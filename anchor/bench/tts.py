@@ -8,6 +8,10 @@ own mels, so they time the vocoder alone.
 TTFA is text in -> the first audio chunk out of the TTS stage (>= 20 ms of
 48 kHz audio), measured on the stage itself so it excludes pacing. RTF is
 the whole item's synthesis time over its audio duration.
+
+Each voice row also carries how it sounds (``listening``): the listening
+gate's DistillMOS, Whisper base WER and pitch against the teacher on the
+held-out news (``anchor.train.gates``; the judges are dev dependencies).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from anchor.frames import AudioChunk, EndOfUtterance, Frame, MelChunk, TextDelta
 from anchor.offline import run_stages
 from anchor.runtime import Runtime
 from anchor.speech.normalize import normalize
-from anchor.speech.vocoder import VocoderStage, waveglow_sigma, waveglow_stage
+from anchor.speech.vocoder import VocoderStage, waveglow_declared, waveglow_stage
 from anchor.speech.voices import Voice
 from anchor.stage import Stage
 from anchor.stats import summarize
@@ -107,13 +111,17 @@ async def _stages_ttfa_rtf(
     return results
 
 
-async def bench_tts(settings: AnchorSettings, *, rounds: int = 10, warmup: int = 2) -> dict[str, Any]:
-    """Every voice (``piper``, ``mel+hifigan``, ``mel+waveglow`` when WaveGlow weights exist) the same way."""
+async def bench_tts(
+    settings: AnchorSettings, *, rounds: int = 10, warmup: int = 2, listen: bool = True
+) -> dict[str, Any]:
+    """Every voice (``piper``, ``mel+hifigan``, ``mel+waveglow`` when WaveGlow weights exist) the same way;
+    ``listen``: also judge how each sounds (about two minutes on two cores)."""
     waveglow = "waveglow" in settings.engines.weights or WAVEGLOW_WEIGHTS.exists()
-    # The weights' declared sigma, read once and off the loop (a torch.load of the checkpoint).
-    sigma = await asyncio.to_thread(waveglow_sigma, settings) if waveglow else 0.0
+    # How the WaveGlow weights are sampled (sigma, source), read once and off the loop (a torch.load).
+    declared = await asyncio.to_thread(waveglow_declared, settings) if waveglow else None
     voices = [Voice("piper"), Voice("mel", "hifigan")]
-    voices += [Voice("mel", "waveglow", sigma)] if waveglow else []
+    if declared is not None:
+        voices.append(Voice("mel", "waveglow", declared.sigma, source=declared.source))
     results: dict[str, Any] = {}
     async with Runtime(settings) as runtime:
         for voice in voices:
@@ -121,10 +129,18 @@ async def bench_tts(settings: AnchorSettings, *, rounds: int = 10, warmup: int =
         results["hifigan_streaming"] = await _vocoder_streaming(
             runtime, VocoderStage, rounds=max(2, rounds // 3)
         )
-        if waveglow:
+        if declared is not None:
             results["waveglow_streaming"] = await _vocoder_streaming(
-                runtime, lambda: waveglow_stage(sigma), rounds=max(2, rounds // 3)
+                runtime,
+                lambda: waveglow_stage(declared.sigma, source=declared.source),
+                rounds=max(2, rounds // 3),
             )
+        if listen:
+            from anchor.train.gates import listening_gate
+
+            scores = await asyncio.to_thread(listening_gate, [v.label for v in voices])  # type: ignore[misc]
+            for label, score in scores.items():
+                results[label]["listening"] = score.summary(scores["piper"])
         results["backends"] = {
             name: f"{type(engine.backend).__name__} ({engine.backend.device}, {engine.backend.precision})"
             for name, engine in runtime.engines.loaded().items()

@@ -2,25 +2,29 @@
 
 Per phrase: normalise, phonemize with the Piper voice's own front end (the
 model was distilled on its phoneme ids), run the encoder and duration
-predictor once, then decode the mel ``chunk_frames`` at a time; each chunk
-is exactly what decoding the whole phrase would give (see ``FastSpeech.decode_chunks``).
+predictor once (the ``acoustic-encoder`` engine), then decode the mel
+``chunk_frames`` at a time (the ``acoustic-decoder`` engine), each chunk in
+a window with the decoder's receptive radius on either side, so it is
+exactly what decoding the whole phrase would give. Both engines are shared by
+every session in the process; decoder windows of one size batch across them.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import numpy as np
 import numpy.typing as npt
-import torch
 
 from anchor.speech.mel_tts import MelTTS, Timing
 from anchor.speech.normalize import normalize
 from anchor.stage import StageContext
-from engines.models.fastspeech import FastSpeech
-from engines.voices.acoustic import ACOUSTIC_WEIGHTS, load_acoustic
+from engines.models.fastspeech import AcousticConfig
+from engines.registry import catalog
+from engines.voices.acoustic import acoustic_config, frames_of
 from engines.voices.piper import JOE_MODEL, PiperVoice
+
+ENCODER, DECODER = "acoustic-encoder", "acoustic-decoder"
 
 
 class AcousticTTS(MelTTS):
@@ -28,7 +32,6 @@ class AcousticTTS(MelTTS):
 
     def __init__(
         self,
-        checkpoint: Path | None = None,
         name: str = "acoustic",
         *,
         chunk_frames: int = 24,
@@ -36,25 +39,28 @@ class AcousticTTS(MelTTS):
         first_words: int = 6,
     ) -> None:
         super().__init__(name, first_words=first_words)
-        self.checkpoint = checkpoint
         self.chunk_frames = chunk_frames
         self.length_scale = length_scale
-        self._model: FastSpeech | None = None
+        self.config = AcousticConfig()
         self._voice: PiperVoice | None = None
 
     async def start(self, ctx: StageContext) -> None:
         await super().start(ctx)
-        self._model = await ctx.run_blocking(load_acoustic, self.checkpoint or ACOUSTIC_WEIGHTS.resolve())
+        await ctx.engines.prepare(ENCODER)
+        await ctx.engines.prepare(DECODER)
+        weights = catalog(ctx.settings.engines)[DECODER].weights
+        self.config = await ctx.run_blocking(lambda: acoustic_config(weights.resolve()))
         self._voice = await ctx.run_blocking(PiperVoice.for_model, JOE_MODEL.resolve())
 
-    def _chunks(self, ids: list[int]) -> tuple[list[int], Iterator[torch.Tensor]]:
-        """Mel frames per phoneme id, and the decoder's chunks."""
-        assert self._model is not None
-        with torch.inference_mode():
-            hidden, log_durations = self._model.encode(torch.tensor([ids]))
-            frames = self._model.frames_of(log_durations[0], self.length_scale)
-            expanded = torch.repeat_interleave(hidden, frames, dim=1)
-        return [int(f) for f in frames], self._model.decode_chunks(expanded, self.chunk_frames)
+    async def _chunks(self, expanded: npt.NDArray[np.float32]) -> AsyncIterator[npt.NDArray[np.float32]]:
+        """The final mel of ``expanded[1, T, dim]``, ``chunk_frames`` at a time, each exact."""
+        radius = self.config.receptive_radius()
+        total = expanded.shape[1]
+        for start in range(0, total, self.chunk_frames):
+            end = min(total, start + self.chunk_frames)
+            lo, hi = max(0, start - radius), min(total, end + radius)
+            out = await self.ctx.infer(DECODER, {"expanded": np.ascontiguousarray(expanded[:, lo:hi])})
+            yield np.asarray(out["mel"], dtype=np.float32)[0, :, start - lo : end - lo]
 
     async def _blocks(self, phrase: str) -> AsyncIterator[npt.NDArray[np.float32] | Timing]:
         voice = self._voice
@@ -63,7 +69,11 @@ class AcousticTTS(MelTTS):
         if not any(ch.isalnum() for ch in text):
             return
         for ids in await self.run_blocking(voice.phoneme_ids, text):
-            frames, chunks = await self.run_blocking(self._chunks, ids)
-            yield Timing(voice.symbols(ids), frames)
-            while (mel := await self.run_blocking(next, chunks, None)) is not None:
-                yield mel[0].numpy()
+            out = await self.ctx.infer(ENCODER, {"ids": np.asarray([ids], dtype=np.int64)})
+            frames = frames_of(np.asarray(out["log_durations"])[0], self.config, self.length_scale)
+            if not frames.sum():
+                continue
+            yield Timing(voice.symbols(ids), [int(f) for f in frames])
+            expanded = np.repeat(np.asarray(out["hidden"], dtype=np.float32), frames, axis=1)
+            async for mel in self._chunks(expanded):
+                yield mel

@@ -6,11 +6,18 @@ sees (nearly) what it would see on the whole utterance (HiFi-GAN V1 needs
 about 16 frames: its receptive field). The first block is short
 (``first_frames``) so audio starts early however long the utterance; later
 blocks are long (``chunk_frames``) so the context costs little.
+
+A WaveGlow with a source takes as z an excitation at the F0 its pitch head
+(the ``waveglow-pitch`` engine) reads off each block. The stage builds it in
+float64 and carries its phase: each block's pulse train is anchored so that
+its first kept sample has the phase the previous block's audio ended on, and
+the pitch never breaks at a seam.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Awaitable, Callable
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -20,7 +27,9 @@ from anchor.frames import AudioChunk, EndOfUtterance, Frame, MelChunk
 from anchor.speech.resample import StreamingResampler
 from anchor.stage import Stage, StageContext
 
-Vocode = Callable[[npt.NDArray[np.float32]], Awaitable[npt.NDArray[np.float32]]]
+#: ``vocode(window, keep)``: audio for every frame of the mel ``window``; ``keep`` is the range of its
+#: frames whose audio will be used (the rest is context).
+Vocode = Callable[[npt.NDArray[np.float32], range], Awaitable[npt.NDArray[np.float32]]]
 
 
 class ChunkedVocoder:
@@ -73,7 +82,7 @@ class ChunkedVocoder:
         lo = max(0, self._done - self.context)
         hi = min(self._frames, end + self.context)
         window = self._mel[:, lo - self._mel_start : hi - self._mel_start]
-        audio = await self._vocode(window)
+        audio = await self._vocode(window, range(self._done - lo, end - lo))
         keep = audio[(self._done - lo) * self.hop : (end - lo) * self.hop]
         self._done = end
         drop = max(0, self._done - self.context - self._mel_start)
@@ -103,6 +112,7 @@ class VocoderStage(Stage):
         silence: float = float(np.log(1e-5)),
         noise_channels: int | None = None,
         sigma: float = 0.0,
+        source: bool = False,
         timeout_s: float | None = None,
     ) -> None:
         super().__init__(name, timeout_s=timeout_s)
@@ -115,6 +125,8 @@ class VocoderStage(Stage):
         #: Flow vocoders (WaveGlow) take their noise as an input ``z``: ``noise_channels`` x samples/channels.
         self.noise_channels = noise_channels
         self.sigma = sigma
+        #: A source-filter WaveGlow: z is the excitation at the F0 of the ``waveglow-pitch`` engine.
+        self.source = source
         self._rng = np.random.default_rng()
         self._open: dict[str, tuple[ChunkedVocoder, StreamingResampler, list[int]]] = {}
         self.hop = 256
@@ -122,14 +134,25 @@ class VocoderStage(Stage):
     async def start(self, ctx: StageContext) -> None:
         await super().start(ctx)
         await ctx.engines.prepare(self.engine)
+        if self.source:
+            await ctx.engines.prepare(PITCH_ENGINE)
 
-    async def _vocode(self, mel: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    async def _vocode(
+        self, mel: npt.NDArray[np.float32], keep: range, phase: list[float]
+    ) -> npt.NDArray[np.float32]:
+        """``phase[0]``: the utterance's pulse-train phase at the start of ``keep`` (source engines)."""
         frames = mel.shape[1]
         if frames < self.min_frames:  # the engine's smallest input: pad with silence, trim after
             pad = np.full((mel.shape[0], self.min_frames - frames), self.silence, dtype=np.float32)
             mel = np.concatenate([mel, pad], axis=1)
         inputs = {"mel": mel[None]}
-        if self.noise_channels:
+        if self.source:
+            pitch = await self.ctx.infer(PITCH_ENGINE, inputs)
+            noise = self._rng.standard_normal(mel.shape[1] * self.hop)
+            inputs["z"] = await self.run_blocking(
+                lambda: _excitation_z(pitch["f0"], pitch["voiced"], noise, self.hop, keep, phase)
+            )
+        elif self.noise_channels:
             samples = mel.shape[1] * self.hop // self.noise_channels
             z = self._rng.standard_normal((1, self.noise_channels, samples)).astype(np.float32)
             inputs["z"] = z * np.float32(self.sigma)
@@ -141,8 +164,13 @@ class VocoderStage(Stage):
         state = self._open.get(frame.utterance_id)
         if state is None:
             self.hop = frame.hop_length
+            phase = [float(self._rng.uniform(0, 2 * np.pi))]
+
+            async def vocode(mel: npt.NDArray[np.float32], keep: range) -> npt.NDArray[np.float32]:
+                return await self._vocode(mel, keep, phase)
+
             vocoder = ChunkedVocoder(
-                self._vocode,
+                vocode,
                 hop=frame.hop_length,
                 chunk_frames=self.chunk_frames,
                 first_frames=self.first_frames,
@@ -191,14 +219,60 @@ class VocoderStage(Stage):
             self._open.pop(uid, None)
 
 
-def waveglow_stage(sigma: float) -> VocoderStage:
-    """WaveGlow through the hub, its noise drawn at ``sigma``, in the stage's default blocks."""
-    return VocoderStage(engine="waveglow", noise_channels=8, sigma=sigma)
+PITCH_ENGINE = "waveglow-pitch"
+N_GROUP = 8  # WaveGlow's z: samples in groups of 8
 
 
-def waveglow_sigma(settings: AnchorSettings) -> float:
-    """The noise scale the configured WaveGlow weights declare. Blocking: reads the checkpoint."""
+def _excitation_z(
+    f0: npt.NDArray[np.generic],
+    voiced: npt.NDArray[np.generic],
+    noise: npt.NDArray[np.float64],
+    hop: int,
+    keep: range,
+    phase: list[float],
+) -> npt.NDArray[np.float32]:
+    """A block's excitation as WaveGlow's z ``[1, 8, samples / 8]``, in float64 so the phase is exact:
+    anchored so that frame ``keep.start`` starts at ``phase[0]``, which then moves on to the phase
+    at ``keep.stop`` (where the next block's kept audio starts)."""
+    import torch
+
+    from engines.models.source import excitation, frame_starts
+
+    hz = torch.from_numpy(np.asarray(f0, dtype=np.float64).reshape(1, -1))
+    starts = frame_starts(hz, hop, 22050)[0]
+    phase0 = phase[0] - float(starts[keep.start])
+    if keep.stop < hz.shape[1]:
+        phase[0] = (phase0 + float(starts[keep.stop])) % (2 * np.pi)
+    e = excitation(
+        hz,
+        torch.from_numpy(np.asarray(voiced, dtype=np.float64).reshape(1, -1)),
+        torch.from_numpy(noise[None]),
+        hop=hop,
+        rate=22050,
+        phase0=torch.tensor([phase0], dtype=torch.float64),
+    )
+    grouped = e.numpy().reshape(1, -1, N_GROUP).transpose(0, 2, 1)
+    return np.ascontiguousarray(grouped, dtype=np.float32)
+
+
+def waveglow_stage(sigma: float, *, source: bool = False) -> VocoderStage:
+    """WaveGlow through the hub in the stage's default blocks: z is noise at ``sigma``, or, for
+    weights with a source, the excitation at the pitch its head reads off the mel."""
+    return VocoderStage(engine="waveglow", noise_channels=N_GROUP, sigma=sigma, source=source)
+
+
+@dataclass(frozen=True)
+class WaveGlowDeclared:
+    """What the configured WaveGlow weights declare about how they are sampled."""
+
+    sigma: float
+    source: bool
+
+
+def waveglow_declared(settings: AnchorSettings) -> WaveGlowDeclared:
+    """Blocking: reads the configured WaveGlow checkpoint."""
     from engines.registry import catalog
-    from engines.vocoders.waveglow import declared_sigma
+    from engines.vocoders.waveglow import declared_sigma, declares_source
 
-    return declared_sigma(catalog(settings.engines)["waveglow"].weights.resolve())
+    path = catalog(settings.engines)["waveglow"].weights.resolve()
+    return WaveGlowDeclared(declared_sigma(path), declares_source(path))

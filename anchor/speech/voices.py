@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from anchor.config import AnchorSettings, VocoderName, VoiceName
 from anchor.stage import Stage
@@ -16,7 +15,10 @@ class Voice:
     name: VoiceName
     vocoder: VocoderName = "waveglow"
     sigma: float = 0.0
-    tacotron: Path | None = None
+    #: Tacotron 2 (the ``tacotron2`` engines' weights) instead of our acoustic model.
+    tacotron: bool = False
+    #: The WaveGlow weights carry a source (a pitch head): z is the excitation at its F0.
+    source: bool = False
 
     @property
     def label(self) -> str:
@@ -33,20 +35,22 @@ class Voice:
         from anchor.speech.tacotron import Tacotron2TTS
         from anchor.speech.vocoder import VocoderStage, waveglow_stage
 
-        acoustic: Stage = Tacotron2TTS(self.tacotron) if self.tacotron else AcousticTTS()
+        acoustic: Stage = Tacotron2TTS() if self.tacotron else AcousticTTS()
         if self.vocoder == "waveglow":
-            return [acoustic, waveglow_stage(self.sigma)]
+            return [acoustic, waveglow_stage(self.sigma, source=self.source)]
         return [acoustic, VocoderStage(engine="hifigan")]
 
 
-def resolve_voice(
-    settings: AnchorSettings, *, sigma: float | None = None, tacotron: Path | None = None
-) -> Voice:
-    """``settings.voice`` made concrete. Blocking: WaveGlow's noise scale is read from its weights
-    unless ``sigma`` is given. ``tacotron``: a Tacotron 2 checkpoint instead of our acoustic model."""
+def resolve_voice(settings: AnchorSettings, *, sigma: float | None = None, tacotron: bool = False) -> Voice:
+    """``settings.voice`` made concrete. Blocking: how WaveGlow is sampled is read from its weights
+    (``sigma`` overrides its noise scale). ``tacotron``: Tacotron 2 (its weights set in
+    ``settings.engines.weights['tacotron2']``) instead of our acoustic model."""
     voice = settings.voice
-    if voice.name == "mel" and voice.vocoder == "waveglow" and sigma is None:
-        from anchor.speech.vocoder import waveglow_sigma
+    source = False
+    if voice.name == "mel" and voice.vocoder == "waveglow":
+        from anchor.speech.vocoder import waveglow_declared
 
-        sigma = waveglow_sigma(settings)
-    return Voice(voice.name, voice.vocoder, sigma or 0.0, tacotron)
+        declared = waveglow_declared(settings)
+        sigma = declared.sigma if sigma is None else sigma
+        source = declared.source
+    return Voice(voice.name, voice.vocoder, sigma or 0.0, tacotron, source)

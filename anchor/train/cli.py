@@ -61,18 +61,23 @@ def _budget(args: argparse.Namespace) -> Budget:
 def _train(args: argparse.Namespace) -> int:
     from anchor.train.acoustic import train_acoustic
     from anchor.train.mouth_gan import train_mouth
+    from anchor.train.pitch import train_pitch
     from anchor.train.waveglow import train_waveglow
 
     trainers: dict[str, Callable[..., Path]] = {
         "acoustic": train_acoustic,
         "waveglow": train_waveglow,
         "mouth": train_mouth,
+        "pitch": train_pitch,
     }
     extra: dict[str, object] = {"batch": args.batch} if args.batch else {}
     if getattr(args, "init", None) is not None:
         extra["init"] = args.init.expanduser()
-    if getattr(args, "target", None) is not None:
-        extra["target"] = args.target
+    for option in ("target", "wave_weight"):
+        if getattr(args, option, None) is not None:
+            extra[option] = getattr(args, option)
+    if getattr(args, "pitch", None) is not None:
+        extra["pitch"] = args.pitch.expanduser()
     try:
         path = trainers[args.model](
             args.data.expanduser(), args.out.expanduser(), _budget(args), device=args.device, **extra
@@ -92,33 +97,46 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _gate(args: argparse.Namespace) -> int:
-    from anchor.train.gates import GATE, speech_gate
+    from anchor.config import load_settings
+    from anchor.train.gates import DIAGNOSTIC_PATHS, MOS_MARGIN, PITCH_CORRELATION, WER_GATE, listening_gate
 
+    paths = tuple(dict.fromkeys(["piper", *(args.path or ["mel+hifigan", "mel+waveglow"])]))
+    if args.diagnose:
+        paths += DIAGNOSTIC_PATHS
     try:
-        results = [
-            speech_gate(vocoder, acoustic=args.acoustic, waveglow=args.waveglow)
-            for vocoder in args.vocoder or ["hifigan", "waveglow"]
-        ]
+        scores = listening_gate(paths, acoustic=args.acoustic, waveglow=args.waveglow)
     except (FileNotFoundError, ValueError) as exc:
         raise ConfigError(str(exc)) from None
+    piper = scores["piper"]
+    voice = load_settings().voice
+    default = voice.name if voice.name == "piper" else f"{voice.name}+{voice.vocoder}"
+    worthy = scores[default].default_worthy(piper) if default in scores else None
     if args.json:
-        rows = [
-            {
-                "path": f"acoustic+{r.vocoder}",
-                "wer": round(r.wer, 4),
-                "gate": GATE,
-                "passed": r.passed,
-                "sigma": r.sigma,
-                "heard": list(r.heard),
-            }
-            for r in results
-        ]
-        print(json.dumps(rows, indent=2))
+        print(
+            json.dumps(
+                {
+                    "default_voice": default,
+                    "default_worthy": worthy,
+                    "paths": [s.summary(piper) for s in scores.values()],
+                },
+                indent=2,
+            )
+        )
     else:
-        for r in results:
-            verdict = "passes" if r.passed else "fails"
-            print(f"acoustic+{r.vocoder}: WER {100 * r.wer:.1f} % {verdict} the gate (<= {100 * GATE:.0f} %)")
-    return 0 if all(r.passed for r in results) else 1
+        print(
+            f"default-worthy: DistillMOS within {MOS_MARGIN} of Piper ({piper.mos_mean:.2f}), pitch "
+            f"correlation >= {PITCH_CORRELATION}, WER <= {100 * WER_GATE:.0f} %"
+        )
+        for s in scores.values():
+            verdict = "default-worthy" if s.default_worthy(piper) else "not default-worthy"
+            print(
+                f"{s.path:>22}: DistillMOS {s.mos_mean:.2f} (min {s.mos_min:.2f}), WER {100 * s.wer:.1f} %, "
+                f"pitch r {s.pitch_correlation:.2f}, GPE {100 * s.gross_pitch_error:.0f} %, "
+                f"F0 std {s.f0_std_hz:.1f} Hz -> {verdict}"
+            )
+        if worthy is not None:
+            print(f"the configured default voice ({default}) {'passes' if worthy else 'FAILS'} the gate")
+    return 0 if worthy in (True, None) else 1
 
 
 def add_train_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -148,6 +166,10 @@ def add_train_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         ("acoustic", "the FastSpeech-style acoustic model, distilled from Piper"),
         ("waveglow", "a small WaveGlow on the teacher's audio"),
         ("mouth", "the mouth GAN (mel window -> mouth shape; phoneme teacher, temporal critic)"),
+        (
+            "pitch",
+            "the pitch head (mel -> F0 and voicing, on Praat's pitch of the teacher): WaveGlow's source",
+        ),
     ):
         p = kinds.add_parser(name, help=f"train {what}")
         p.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -168,10 +190,26 @@ def add_train_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
                 default=None,
                 help="audio to learn: the teacher's mels vocoded by HiFi-GAN (default) or the teacher's own",
             )
+            p.add_argument(
+                "--pitch",
+                type=Path,
+                default=None,
+                help="a pitch head (pitch-final.pt): a source-filter flow, z = the excitation at its F0",
+            )
+            p.add_argument("--wave-weight", type=float, default=None, help="waveform L1 weight (default 10)")
         p.set_defaults(func=_train, model=name)
 
-    p = kinds.add_parser("gate", help="WER of the acoustic model + each vocoder on held-out news (Whisper)")
-    p.add_argument("--vocoder", action="append", choices=("hifigan", "waveglow"), help="default: both")
+    p = kinds.add_parser(
+        "gate",
+        help="each voice path on held-out news: DistillMOS, Whisper base WER, pitch against the teacher",
+    )
+    p.add_argument(
+        "--path",
+        action="append",
+        choices=("mel+hifigan", "mel+waveglow"),
+        help="our paths to judge beside Piper (default: both)",
+    )
+    p.add_argument("--diagnose", action="store_true", help="also the teacher's own mels through each vocoder")
     p.add_argument("--acoustic", type=Path, default=None, help="acoustic weights (default: shipped)")
     p.add_argument("--waveglow", type=Path, default=None, help="WaveGlow weights (default: shipped)")
     p.add_argument("--json", action="store_true")

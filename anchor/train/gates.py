@@ -1,69 +1,232 @@
-"""The quality gate of our speech weights: word error rate of held-out news through the project's Whisper.
+"""The listening gate: each voice path on held-out news, judged as a listener would hear it.
 
-Our acoustic model speaks the 16 ``HELD_OUT`` sentences (never in the
-training corpus), a vocoder turns its mels into audio, and Whisper tiny.en
-(CTranslate2, the recognizer of the live anchor) writes down what it heard.
-The gate is WER <= 15 % (``GATE``) for each vocoder path.
+Every path speaks the ``HELD_OUT`` news sentences (never in the training
+corpus) at 22050 Hz, and judges the project did not write score it
+(``anchor/bench/listeners.py``): DistillMOS (mean and min), the word error
+rate of Whisper base, and pitch against the teacher (Piper with zero noise,
+what our acoustic model learned from): the correlation of log F0 on
+time-aligned voiced frames, and the gross pitch error rate.
+
+The paths: ``piper`` (the product's Piper voice), ``mel+hifigan`` and
+``mel+waveglow`` (our acoustic model and a vocoder), and, to split the blame
+between acoustic model and vocoder, ``teacher-mel+hifigan`` and
+``teacher-mel+waveglow`` (the teacher's own mels through each vocoder).
+
+One of our paths may be the default voice only if it is within
+``MOS_MARGIN`` of Piper's DistillMOS, its pitch correlation with the teacher
+is at least ``PITCH_CORRELATION``, and its WER is at most ``WER_GATE``;
+Piper is the reference and the default until one does.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
-from anchor.config import VocoderName
 from anchor.quality import word_error_rate
 from anchor.speech.normalize import normalize
-from anchor.speech.resample import resample
 from anchor.train.corpus import HELD_OUT
 
-GATE = 0.15
+MOS_MARGIN = 0.3
+PITCH_CORRELATION = 0.8
+WER_GATE = 0.05
+RATE = 22050
+
+PathName = Literal["piper", "mel+hifigan", "mel+waveglow", "teacher-mel+hifigan", "teacher-mel+waveglow"]
+VOICE_PATHS: tuple[PathName, ...] = ("piper", "mel+hifigan", "mel+waveglow")
+DIAGNOSTIC_PATHS: tuple[PathName, ...] = ("teacher-mel+hifigan", "teacher-mel+waveglow")
 
 
 @dataclass(frozen=True)
-class GateResult:
-    vocoder: VocoderName
-    wer: float
-    heard: tuple[str, ...]
-    sigma: float | None
+class Sentence:
+    text: str
+    heard: str
+    mos: float
+    pitch_correlation: float
+    gross_pitch_error: float
+    voiced_frames: int
+    f0_std_hz: float
+
+
+@dataclass(frozen=True)
+class PathScore:
+    path: PathName
+    sentences: tuple[Sentence, ...]
+    sigma: float | None = None
 
     @property
-    def passed(self) -> bool:
-        return self.wer <= GATE
+    def mos_mean(self) -> float:
+        return float(np.mean([s.mos for s in self.sentences]))
+
+    @property
+    def mos_min(self) -> float:
+        return float(np.min([s.mos for s in self.sentences]))
+
+    @property
+    def wer(self) -> float:
+        return word_error_rate([s.text for s in self.sentences], [s.heard for s in self.sentences])
+
+    @property
+    def pitch_correlation(self) -> float:
+        """Mean over sentences of the per-sentence log-F0 correlation (the contour, not the register)."""
+        return float(np.mean([s.pitch_correlation for s in self.sentences]))
+
+    @property
+    def gross_pitch_error(self) -> float:
+        """Over all aligned voiced frames of all sentences."""
+        frames = np.asarray([s.voiced_frames for s in self.sentences], dtype=np.float64)
+        errors = np.asarray([s.gross_pitch_error for s in self.sentences])
+        return float((frames * errors).sum() / max(frames.sum(), 1.0))
+
+    @property
+    def f0_std_hz(self) -> float:
+        return float(np.mean([s.f0_std_hz for s in self.sentences]))
+
+    def default_worthy(self, piper: PathScore) -> bool:
+        """May this path be the default voice, measured against Piper on the same sentences?
+        Piper is the reference, so it always may (its own pitch is sampled: it is not held to
+        the noiseless teacher's contour that our models learned)."""
+        return self.path == "piper" or (
+            self.mos_mean >= piper.mos_mean - MOS_MARGIN
+            and self.pitch_correlation >= PITCH_CORRELATION
+            and self.wer <= WER_GATE
+        )
+
+    def summary(self, piper: PathScore | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "path": self.path,
+            "distillmos_mean": round(self.mos_mean, 3),
+            "distillmos_min": round(self.mos_min, 3),
+            "wer": round(self.wer, 4),
+            "pitch_correlation": round(self.pitch_correlation, 3),
+            "gross_pitch_error": round(self.gross_pitch_error, 3),
+            "f0_std_hz": round(self.f0_std_hz, 2),
+            "sentences": len(self.sentences),
+        }
+        if self.sigma is not None:
+            out["sigma"] = self.sigma
+        if piper is not None:
+            out["default_worthy"] = self.default_worthy(piper)
+        return out
 
 
-def speech_gate(
-    vocoder: VocoderName, *, acoustic: Path | None = None, waveglow: Path | None = None
-) -> GateResult:
-    """WER of ``acoustic`` (default: shipped) + ``vocoder`` on the held-out news; WaveGlow (default:
-    shipped) samples at the noise scale its checkpoint declares, from a fixed seed."""
-    from engines.asr.ct2_whisper import CT2Whisper
-    from engines.registry import hifigan_spec, load_hifigan
-    from engines.vocoders.waveglow import declared_sigma, load_waveglow
-    from engines.voices.acoustic import ACOUSTIC_WEIGHTS, load_acoustic, mel_of
-    from engines.voices.piper import JOE_MODEL, PiperVoice
-    from engines.weights import WeightsSource
+Speaker = Callable[[str], npt.NDArray[np.float32]]
 
-    model = load_acoustic(acoustic or ACOUSTIC_WEIGHTS.resolve())
-    voice = PiperVoice.for_model(JOE_MODEL.resolve())
-    sigma: float | None = None
-    if vocoder == "waveglow":
-        path = waveglow or WeightsSource.project("waveglow.pt").resolve()
-        flow, sigma = load_waveglow(path), declared_sigma(path)
-    else:
-        generator = load_hifigan(hifigan_spec().weights.resolve()).eval()
-    asr = CT2Whisper()
-    heard = []
-    for text in HELD_OUT:
+
+class _Voices:
+    """Each path as text -> 22050 Hz audio, models loaded once (blocking)."""
+
+    def __init__(self, acoustic: Path | None, waveglow: Path | None) -> None:
+        from anchor.train.speech_data import TEACHER_SCALES, teacher_session
+        from engines.voices.acoustic import ACOUSTIC_WEIGHTS, load_acoustic
+        from engines.voices.piper import JOE_MODEL, PiperVoice
+        from engines.weights import WeightsSource
+
+        model = JOE_MODEL.resolve()
+        self.voice = PiperVoice.for_model(model)
+        self.piper = teacher_session(model, threads=2)
+        c = self.voice.config
+        self.product_scales = np.asarray([c.noise_scale, c.length_scale, c.noise_w], dtype=np.float32)
+        self.teacher_scales = np.asarray(TEACHER_SCALES, dtype=np.float32)
+        self._acoustic_path = acoustic or ACOUSTIC_WEIGHTS.resolve()
+        self._waveglow_path = waveglow or WeightsSource.project("waveglow.pt").resolve()
+        self._load_acoustic = load_acoustic
+        self._acoustic: Any = None
+        self._hifigan: Any = None
+        self._waveglow: Any = None
+        self.sigma: float | None = None
+
+    def _ids(self, text: str) -> list[list[int]]:
+        return self.voice.phoneme_ids(normalize(text))
+
+    def _piper(self, ids: list[int], scales: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        inputs = {**self.voice.inputs(ids), "scales": scales}
+        audio = self.piper.run(["output"], inputs)[0]  # type: ignore[attr-defined]
+        return np.asarray(audio, dtype=np.float32).reshape(-1)
+
+    def piper_audio(self, text: str) -> npt.NDArray[np.float32]:
+        return np.concatenate([self._piper(ids, self.product_scales) for ids in self._ids(text)])
+
+    def teacher_audio(self, text: str) -> npt.NDArray[np.float32]:
+        return np.concatenate([self._piper(ids, self.teacher_scales) for ids in self._ids(text)])
+
+    def _vocode(self, vocoder: str, mel: torch.Tensor) -> npt.NDArray[np.float32]:
+        from engines.registry import hifigan_spec, load_hifigan
+        from engines.vocoders.waveglow import declared_sigma, load_waveglow
+
         with torch.inference_mode():
-            mel = mel_of(model, voice.phoneme_ids(normalize(text))[0])[None]
-            if sigma is not None:
-                audio = flow.infer(mel, sigma=sigma, generator=torch.Generator().manual_seed(0))
+            if vocoder == "waveglow":
+                if self._waveglow is None:
+                    self._waveglow = load_waveglow(self._waveglow_path)
+                    self.sigma = declared_sigma(self._waveglow_path)
+                seed = torch.Generator().manual_seed(0)
+                audio = self._waveglow.infer(mel[None], sigma=self.sigma, generator=seed)
             else:
-                audio = generator(mel)
-        wave = np.clip(audio.reshape(-1).numpy(), -1.0, 1.0)
-        heard.append(asr.recognize(resample(wave, 22050, 16000)).text)
-    return GateResult(vocoder, word_error_rate(list(HELD_OUT), heard), tuple(heard), sigma)
+                if self._hifigan is None:
+                    self._hifigan = load_hifigan(hifigan_spec().weights.resolve()).eval()
+                audio = self._hifigan(mel[None])
+        return np.asarray(audio.reshape(-1).numpy(), dtype=np.float32)
+
+    def mel_audio(self, text: str, vocoder: str) -> npt.NDArray[np.float32]:
+        from engines.voices.acoustic import mel_of
+
+        if self._acoustic is None:
+            self._acoustic = self._load_acoustic(self._acoustic_path)
+        return np.concatenate([self._vocode(vocoder, mel_of(self._acoustic, ids)) for ids in self._ids(text)])
+
+    def teacher_mel_audio(self, text: str, vocoder: str) -> npt.NDArray[np.float32]:
+        from engines.audio.mel import mel_spectrogram
+
+        mel = torch.from_numpy(mel_spectrogram(self.teacher_audio(text)))
+        return self._vocode(vocoder, mel)
+
+    def speaker(self, path: PathName) -> Speaker:
+        if path == "piper":
+            return self.piper_audio
+        kind, vocoder = path.split("+")
+        if kind == "mel":
+            return lambda text: self.mel_audio(text, vocoder)
+        return lambda text: self.teacher_mel_audio(text, vocoder)
+
+
+def listening_gate(
+    paths: Sequence[PathName] = VOICE_PATHS + DIAGNOSTIC_PATHS,
+    *,
+    sentences: Sequence[str] = HELD_OUT,
+    acoustic: Path | None = None,
+    waveglow: Path | None = None,
+) -> dict[PathName, PathScore]:
+    """Score each path on ``sentences``. Blocking: loads the judges and the models, ~1 s a sentence
+    a path on two cores. ``acoustic`` / ``waveglow``: weights to judge instead of the shipped ones."""
+    from anchor.bench.listeners import judges, pitch_agreement, to_judge_rate
+
+    mos, asr = judges()
+    voices = _Voices(acoustic, waveglow)
+    teachers = [to_judge_rate(voices.teacher_audio(text), RATE) for text in sentences]
+    scores: dict[PathName, PathScore] = {}
+    for path in paths:
+        speak = voices.speaker(path)
+        rows = []
+        for text, teacher in zip(sentences, teachers, strict=True):
+            audio = to_judge_rate(speak(text), RATE)
+            pitch = pitch_agreement(audio, teacher)
+            rows.append(
+                Sentence(
+                    text=text,
+                    heard=asr.transcribe(audio),
+                    mos=mos.score(audio),
+                    pitch_correlation=pitch.correlation,
+                    gross_pitch_error=pitch.gross_error,
+                    voiced_frames=pitch.voiced_frames,
+                    f0_std_hz=pitch.f0_std_hz,
+                )
+            )
+        sigma = voices.sigma if path.endswith("waveglow") else None
+        scores[path] = PathScore(path, tuple(rows), sigma)
+    return scores

@@ -26,6 +26,7 @@ stage samples at the sigma a checkpoint declares.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import asdict
 from pathlib import Path
@@ -36,6 +37,7 @@ import torch
 from torch import nn
 
 from anchor.train.loop import Budget, Run, pick_device, train
+from anchor.train.pitch import load_pitch_head
 from anchor.train.speech_data import HOP, SpeechShard, speech_shards
 from anchor.train.vocoded import vocoded_audio
 from engines.audio.mel import MelConfig, mel_basis
@@ -47,9 +49,10 @@ SMALL = WaveGlowConfig(
 )
 
 
-def trainable(config: WaveGlowConfig) -> WaveGlow:
-    """A fresh WaveGlow laid out for training: weight norm, identity flows, orthogonal 1x1 convolutions."""
-    model = WaveGlow(config)
+def trainable(config: WaveGlowConfig, *, source: bool = False) -> WaveGlow:
+    """A fresh WaveGlow laid out for training: weight norm, identity flows, random orthogonal 1x1
+    convolutions. ``source``: with a pitch head (load its weights before training; it stays frozen)."""
+    model = WaveGlow(config, source=source)
     for wn in model.WN:
         w = cast(WN, wn)
         w.start = nn.utils.weight_norm(w.start, name="weight")
@@ -60,13 +63,38 @@ def trainable(config: WaveGlowConfig) -> WaveGlow:
         )
         nn.init.zeros_(w.end.weight)
         nn.init.zeros_(cast(torch.Tensor, w.end.bias))
+    if source:
+        interpolate_frames(model)
     for conv in model.convinv:
         c = cast(Invertible1x1Conv, conv)
-        q = torch.linalg.qr(torch.randn(c.conv.weight.shape[0], c.conv.weight.shape[0]))[0]
+        n = c.conv.weight.shape[0]
+        # With a source the whole flow starts as the identity, so its first samples are the excitation.
+        q = torch.eye(n) if source else torch.linalg.qr(torch.randn(n, n))[0]
         if torch.det(q) < 0:
             q[:, 0] = -q[:, 0]
         c.conv.weight.data.copy_(q[..., None])
     return model
+
+
+def interpolate_frames(model: WaveGlow) -> None:
+    """Fix the upsampler to linear interpolation between mel frames (each channel to itself), frozen.
+
+    For a source-filter flow: a learned upsampler ripples with the hop (its kernel's shape repeats
+    every 256 samples), the couplings' scales follow, and they modulate the excitation at
+    22050 / 256 = 86 Hz, which a listener (and a pitch tracker) hears as the pitch. Interpolated
+    conditioning cannot ripple; it lags the audio by half a frame, which the flows learn around.
+    """
+    c = model.config
+    if c.upsample_kernel != 2 * c.hop_length:
+        raise ValueError(f"a source needs upsample_kernel = 2 * hop_length, got {c.upsample_kernel}")
+    taps = torch.arange(c.upsample_kernel, dtype=torch.float32)
+    triangle = 1.0 - (taps - (c.hop_length - 0.5)).abs() / c.hop_length
+    with torch.no_grad():
+        model.upsample.weight.zero_()
+        for m in range(c.n_mel_channels):
+            model.upsample.weight[m, m] = triangle
+        cast(torch.Tensor, model.upsample.bias).zero_()
+    model.upsample.requires_grad_(False)
 
 
 def flow_forward(
@@ -186,6 +214,7 @@ def train_waveglow(
     seed: int = 0,
     config: WaveGlowConfig = SMALL,
     init: Path | None = None,
+    pitch: Path | None = None,
 ) -> Path:
     """Train on ``nll_weight`` x NLL (at ``sigma``) + ``spectral_weight`` x the spectral loss of samples
     + ``wave_weight`` x their waveform L1, against the ``target`` audio.
@@ -194,7 +223,10 @@ def train_waveglow(
     use; the checkpoint records it. ``bf16``: the WN convolutions run in
     bfloat16 (the flows stay float32). ``init``: a new run starts from these
     weights (our exported layout, e.g. the shipped ``waveglow.pt``) instead
-    of identity flows.
+    of identity flows. ``pitch``: a pitch head (``anchor train pitch``) that
+    makes this a source-filter flow: samples are drawn from the excitation
+    it implies (random starting phase) instead of noise at ``sample_sigma``,
+    and the head ships inside the checkpoint, frozen.
     """
     if nll_weight <= 0 and spectral_weight <= 0 and wave_weight <= 0:
         raise ValueError("at least one of nll_weight, spectral_weight and wave_weight must be positive")
@@ -202,14 +234,18 @@ def train_waveglow(
     rng = random.Random(seed)
     dev = pick_device(device)
     segments = _Segments(data, frames, target)
-    model = trainable(config)
+    model = trainable(config, source=pitch is not None)
+    if pitch is not None:
+        assert model.pitch is not None
+        model.pitch.load_state_dict(load_pitch_head(pitch).state_dict())
+        model.pitch.requires_grad_(False)
     for wn in model.WN:
         cast(WN, wn).autocast_dtype = torch.bfloat16 if bf16 else None
     run = Run(out, "waveglow", budget)
     if init is not None and not run.checkpoint.is_file():
         start_from(model, init)
     model = model.to(dev)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     modules = {"model": model, "optimizer": optimizer}
     run.resume(modules)
 
@@ -225,7 +261,15 @@ def train_waveglow(
             losses["nll"] = nll(z, log_det, sigma)
             total = total + nll_weight * losses["nll"]
         if spectral_weight > 0 or wave_weight > 0:
-            fake = model(mel, model.noise(mel, sample_sigma))
+            if model.pitch is not None:
+                model.pitch.eval()
+                with torch.no_grad():
+                    noise = torch.randn_like(audio)
+                    phase0 = 2 * math.pi * torch.rand(audio.shape[0], device=dev)
+                    z = model.source_z(mel, noise, phase0)
+            else:
+                z = model.noise(mel, sample_sigma)
+            fake = model(mel, z)
             spectral = spectral_loss(fake, audio)
             losses.update(spectral)
             total = total + spectral_weight * sum(spectral.values(), audio.new_zeros(()))
@@ -242,7 +286,8 @@ def train_waveglow(
 
 
 def start_from(model: WaveGlow, path: Path) -> None:
-    """Load exported weights (``module.``-prefixed, weight norm kept) into a trainable ``model``."""
+    """Load exported weights (``module.``-prefixed, weight norm kept) into a trainable ``model``.
+    Flows without a source may start a model with one: its pitch head is loaded separately."""
     data = torch.load(path, map_location="cpu", weights_only=True)
     state = data.get("state_dict") if isinstance(data, dict) else None
     if not isinstance(state, dict):
@@ -252,6 +297,7 @@ def start_from(model: WaveGlow, path: Path) -> None:
         missing, unexpected = model.load_state_dict(weights, strict=False)
     except RuntimeError as exc:  # a tensor of another shape: another configuration
         raise ValueError(f"{path} does not fit this WaveGlow: {exc}") from None
+    missing = [k for k in missing if not (k.startswith("pitch.") and model.pitch is not None)]
     if missing or unexpected:
         raise ValueError(
             f"{path} does not fit this WaveGlow: missing {sorted(missing)[:3]}, "
@@ -277,5 +323,7 @@ def export_waveglow(
     wn = {k: fields.pop(k) for k in ("n_layers", "n_channels", "kernel_size")}
     declared = {k: v for k, v in fields.items() if k not in ("hop_length", "upsample_kernel")}
     config_out = {**declared, "WN_config": wn, "sigma": sample_sigma}
+    if model.pitch is not None:
+        config_out["source"] = "pitch"
     torch.save({"state_dict": state, "config": config_out, "iteration": step}, path)
     return path

@@ -5,6 +5,11 @@ WN block, and each invertible 1x1 convolution's inverse computed once at
 load. ``forward(mel, z)`` takes the noise explicitly (``z = sigma * N(0, 1)``,
 shaped ``[B, n_group, T*hop/n_group]``) so exports and parity checks are
 deterministic; ``infer(mel, sigma)`` draws it like the reference does.
+
+Our own checkpoints may add a source (``source=True``: a ``pitch`` head,
+``engines/models/source.py``): z is then the speaker's excitation, a pulse
+train at the F0 the head reads off the mel, grouped like the audio, instead
+of noise. The flows are NVIDIA's, unchanged.
 """
 
 from __future__ import annotations
@@ -14,6 +19,10 @@ from typing import cast
 
 import torch
 from torch import nn
+
+from engines.models.source import PitchHead, excitation
+
+SAMPLE_RATE = 22050  # the rate of the mels every WaveGlow here is trained on
 
 
 @dataclass(frozen=True)
@@ -63,16 +72,20 @@ class WN(nn.Module):
             for i in range(n_layers)
         )
 
-    def forward(self, audio: torch.Tensor, spect: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, audio: torch.Tensor, spect: torch.Tensor, cond: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``cond``: this WN's conditioning already computed (a folded WaveGlow); else from ``spect``."""
         if self.autocast_dtype is None:
-            return self._forward(audio, spect)
+            return self._forward(audio, spect, cond)
         with torch.autocast(audio.device.type, dtype=self.autocast_dtype):
-            return self._forward(audio, spect).float()
+            return self._forward(audio, spect, cond).float()
 
-    def _forward(self, audio: torch.Tensor, spect: torch.Tensor) -> torch.Tensor:
+    def _forward(self, audio: torch.Tensor, spect: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         audio = self.start(audio)
         output = torch.zeros_like(audio)
-        cond = self.cond_layer(spect)
+        if cond is None:
+            cond = self.cond_layer(spect)
         c = self.n_channels
         for i, (in_layer, res_skip) in enumerate(zip(self.in_layers, self.res_skip_layers, strict=True)):
             x = in_layer(audio) + cond[:, 2 * c * i : 2 * c * (i + 1)]
@@ -107,7 +120,9 @@ class Invertible1x1Conv(nn.Module):
 
 
 class WaveGlow(nn.Module):
-    def __init__(self, config: WaveGlowConfig) -> None:
+    pitch: PitchHead | None
+
+    def __init__(self, config: WaveGlowConfig, *, source: bool = False) -> None:
         super().__init__()
         if config.n_group % 2:
             raise ValueError(f"n_group must be even, got {config.n_group}")
@@ -123,6 +138,10 @@ class WaveGlow(nn.Module):
         )
         self.convinv = nn.ModuleList(Invertible1x1Conv(r) for r in remaining)
         self.n_remaining_channels = remaining[-1]
+        self.pitch = PitchHead(c.n_mel_channels) if source else None
+        #: Set by ``fold_conditioning``: per flow, the upsampler and that flow's ``cond_layer`` as one
+        #: transposed convolution straight from the mel (weights, bias).
+        self.folded: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def refresh_inverses(self) -> None:
         for conv in self.convinv:
@@ -137,16 +156,69 @@ class WaveGlow(nn.Module):
         grouped: torch.Tensor = spect.reshape(b, t // c.n_group, m * c.n_group).permute(0, 2, 1)
         return grouped
 
+    def folded_size(self) -> int:
+        """Floats the folded conditioning would hold: each flow's out-channels x kernel / n_group x n_mel."""
+        c = self.config
+        per_flow = 2 * c.n_channels * c.n_layers * (c.upsample_kernel // c.n_group) * c.n_mel_channels
+        return per_flow * c.n_flows
+
+    @torch.no_grad()
+    def fold_conditioning(self) -> None:
+        """Fold the upsampler into every flow's ``cond_layer`` (both linear) at load time.
+
+        Group ``t = s * f + r`` (``s = hop / n_group`` groups per mel frame) is conditioned by mel
+        frames ``f - q`` for ``q < upsample_kernel / hop``, so each flow's conditioning becomes one
+        matrix product of the mel stacked with its ``q``-frame delays: ``[s * out, q * n_mel]``.
+        Exact up to rounding. It trades memory for work: each flow gets ``kernel / n_group`` taps
+        per mel channel (``folded_size``). For our small WaveGlow (64 channels, kernel 512) the
+        conditioning was ~70 % of the FLOPs and is 4x cheaper folded (84 MB of weights): the whole
+        model runs 1.7x faster on one thread. Inference only: the folded weights do not follow
+        later training."""
+        c = self.config
+        s = c.hop_length // c.n_group
+        if c.hop_length % c.n_group or c.upsample_kernel % c.hop_length:
+            raise ValueError("folding needs hop_length % n_group == upsample_kernel % hop_length == 0")
+        delays = c.upsample_kernel // c.hop_length
+        up_w = self.upsample.weight  # [n_mel_in, n_mel, kernel]; kernel index = hop * q + n_group * r + g
+        up_b = cast(torch.Tensor, self.upsample.bias)
+        n_in, n_mel = up_w.shape[0], up_w.shape[1]
+        taps = up_w.reshape(n_in, n_mel, delays, s, c.n_group)  # [i, m, q, r, g]
+        folded = []
+        for wn in self.WN:
+            layer = cast(WN, wn).cond_layer
+            # [o, m, g]: the grouped channel m * n_group + g
+            w = layer.weight.squeeze(-1).reshape(-1, n_mel, c.n_group)
+            weight = torch.einsum("imqrg,omg->orqi", taps, w).reshape(w.shape[0] * s, delays * n_in)
+            bias = cast(torch.Tensor, layer.bias) + w.sum(-1) @ up_b
+            folded.append((weight.contiguous(), bias.contiguous()))
+        self.folded = folded
+
+    def _folded_condition(self, mel: torch.Tensor, k: int) -> torch.Tensor:
+        assert self.folded is not None
+        c = self.config
+        weight, bias = self.folded[k]
+        s = c.hop_length // c.n_group
+        delays = c.upsample_kernel // c.hop_length
+        b, frames = mel.shape[0], mel.shape[2]
+        padded = nn.functional.pad(mel, (delays - 1, 0))  # frames before the first contribute nothing
+        stacked = torch.cat(
+            [padded[:, :, delays - 1 - q : delays - 1 - q + frames] for q in range(delays)], 1
+        )
+        out = torch.matmul(weight.to(mel.dtype), stacked)  # [B, out * s, frames]
+        out = out.reshape(b, -1, s, frames).permute(0, 1, 3, 2).reshape(b, -1, frames * s)
+        return out + bias.to(mel.dtype)[None, :, None]
+
     def forward(self, mel: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """``mel[B, n_mel, T]``, ``z[B, n_group, T*hop/n_group]`` -> audio ``[B, T*hop]``."""
         c = self.config
-        spect = self._condition(mel)
+        spect = mel if self.folded is not None else self._condition(mel)
         audio = z[:, : self.n_remaining_channels]
         used = self.n_remaining_channels
         for k in reversed(range(c.n_flows)):
             half = audio.shape[1] // 2
             audio_0, audio_1 = audio[:, :half], audio[:, half:]
-            out = cast(WN, self.WN[k])(audio_0, spect)
+            cond = self._folded_condition(mel, k) if self.folded is not None else None
+            out = cast(WN, self.WN[k])(audio_0, spect, cond)
             log_s, shift = out[:, half:], out[:, :half]
             audio = torch.cat([audio_0, (audio_1 - shift) / torch.exp(log_s)], 1)
             audio = cast(Invertible1x1Conv, self.convinv[k]).reverse(audio)
@@ -155,11 +227,31 @@ class WaveGlow(nn.Module):
                 used += c.n_early_size
         return audio.permute(0, 2, 1).reshape(audio.shape[0], -1)
 
+    def group(self, audio: torch.Tensor) -> torch.Tensor:
+        """Audio ``[B, T]`` as z ``[B, n_group, T/n_group]``: sample ``g + n_group*t`` at ``[g, t]``."""
+        n = self.config.n_group
+        return audio.reshape(audio.shape[0], -1, n).permute(0, 2, 1)
+
+    def source_z(
+        self, mel: torch.Tensor, noise: torch.Tensor, phase0: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The excitation as z, from unit ``noise`` ``[B, T*hop]``; needs the pitch head."""
+        if self.pitch is None:
+            raise ValueError("this WaveGlow has no source (pitch head)")
+        f0, voiced = self.pitch.f0(mel)
+        c = self.config
+        return self.group(excitation(f0, voiced, noise, hop=c.hop_length, rate=SAMPLE_RATE, phase0=phase0))
+
     def noise(
         self, mel: torch.Tensor, sigma: float, generator: torch.Generator | None = None
     ) -> torch.Tensor:
+        """z for ``mel``: noise at ``sigma``, or with a source, the excitation (``sigma`` unused)."""
         c = self.config
-        shape = (mel.shape[0], c.n_group, mel.shape[2] * c.hop_length // c.n_group)
+        samples = mel.shape[2] * c.hop_length
+        if self.pitch is not None:
+            unit = torch.randn(mel.shape[0], samples, generator=generator, dtype=mel.dtype, device=mel.device)
+            return self.source_z(mel, unit)
+        shape = (mel.shape[0], c.n_group, samples // c.n_group)
         return sigma * torch.randn(shape, generator=generator, dtype=mel.dtype, device=mel.device)
 
     @torch.inference_mode()

@@ -96,7 +96,9 @@ class PostnetPart(nn.Module):
         return cast(torch.Tensor, self.postnet(mel))
 
 
-_STATE = (
+#: The decoder step's recurrent state, passed in and out of every call: name and width (``tokens``:
+#: the phrase's length in symbols).
+STATE = (
     ("attention_hidden", 1024),
     ("attention_cell", 1024),
     ("decoder_hidden", 1024),
@@ -121,7 +123,7 @@ def _ids_or_floats(
 def tacotron2_specs(weights: WeightsSource | None = None) -> dict[str, EngineSpec]:
     source = weights or WeightsSource.project("tacotron2_statedict.pt")
     axes = {"batch": Dim(1, 1, 8), "tokens": Dim(2, 64, 512), "frames": Dim(1, 40, 2000)}
-    state_inputs = tuple(TensorSpec(n, "float32", ("batch", d)) for n, d in _STATE)
+    state_inputs = tuple(TensorSpec(n, "float32", ("batch", d)) for n, d in STATE)
     memory = (
         TensorSpec("memory", "float32", ("batch", "tokens", 512)),
         TensorSpec("processed_memory", "float32", ("batch", "tokens", 128)),
