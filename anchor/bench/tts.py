@@ -1,9 +1,9 @@
 """``anchor bench tts``: time to first audio and real-time factor of each voice.
 
-``piper`` is Piper itself; ``mel+hifigan`` and ``mel+waveglow`` are our
-acoustic model with HiFi-GAN and, when WaveGlow weights are configured or
-shipped, with WaveGlow (the default voice). The streaming rows vocode Piper's
-own mels, so they time the vocoder alone.
+``piper`` is Piper itself (the default voice); ``mel+hifigan`` and
+``mel+waveglow`` are our acoustic model with HiFi-GAN and, when WaveGlow
+weights are configured or shipped, with WaveGlow. The streaming rows vocode
+Piper's own mels, so they time the vocoder alone.
 
 TTFA is text in -> the first audio chunk out of the TTS stage (>= 20 ms of
 48 kHz audio), measured on the stage itself so it excludes pacing. RTF is
