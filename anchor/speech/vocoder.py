@@ -237,9 +237,10 @@ def _excitation_z(
     import torch
 
     from engines.models.source import excitation, frame_starts
+    from engines.models.waveglow import SAMPLE_RATE
 
     hz = torch.from_numpy(np.asarray(f0, dtype=np.float64).reshape(1, -1))
-    starts = frame_starts(hz, hop, 22050)[0]
+    starts = frame_starts(hz, hop, SAMPLE_RATE)[0]
     phase0 = phase[0] - float(starts[keep.start])
     if keep.stop < hz.shape[1]:
         phase[0] = (phase0 + float(starts[keep.stop])) % (2 * np.pi)
@@ -248,7 +249,7 @@ def _excitation_z(
         torch.from_numpy(np.asarray(voiced, dtype=np.float64).reshape(1, -1)),
         torch.from_numpy(noise[None]),
         hop=hop,
-        rate=22050,
+        rate=SAMPLE_RATE,
         phase0=torch.tensor([phase0], dtype=torch.float64),
     )
     grouped = e.numpy().reshape(1, -1, N_GROUP).transpose(0, 2, 1)

@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -38,9 +38,8 @@ PITCH_CORRELATION = 0.8
 WER_GATE = 0.05
 RATE = 22050
 
-PathName = Literal["piper", "mel+hifigan", "mel+waveglow", "teacher-mel+hifigan", "teacher-mel+waveglow"]
-VOICE_PATHS: tuple[PathName, ...] = ("piper", "mel+hifigan", "mel+waveglow")
-DIAGNOSTIC_PATHS: tuple[PathName, ...] = ("teacher-mel+hifigan", "teacher-mel+waveglow")
+VOICE_PATHS = ("piper", "mel+hifigan", "mel+waveglow")
+DIAGNOSTIC_PATHS = ("teacher-mel+hifigan", "teacher-mel+waveglow")
 
 
 @dataclass(frozen=True)
@@ -56,7 +55,7 @@ class Sentence:
 
 @dataclass(frozen=True)
 class PathScore:
-    path: PathName
+    path: str
     sentences: tuple[Sentence, ...]
     sigma: float | None = None
 
@@ -119,12 +118,12 @@ class PathScore:
 Speaker = Callable[[str], npt.NDArray[np.float32]]
 
 
-class _Voices:
-    """Each path as text -> 22050 Hz audio, models loaded once (blocking)."""
+class VoicePaths:
+    """Each voice path (and the teacher) as text -> 22050 Hz audio, models loaded once (blocking)."""
 
     def __init__(self, acoustic: Path | None, waveglow: Path | None) -> None:
         from anchor.train.speech_data import TEACHER_SCALES, teacher_session
-        from engines.voices.acoustic import ACOUSTIC_WEIGHTS, load_acoustic
+        from engines.voices.acoustic import ACOUSTIC_WEIGHTS
         from engines.voices.piper import JOE_MODEL, PiperVoice
         from engines.weights import WeightsSource
 
@@ -136,7 +135,6 @@ class _Voices:
         self.teacher_scales = np.asarray(TEACHER_SCALES, dtype=np.float32)
         self._acoustic_path = acoustic or ACOUSTIC_WEIGHTS.resolve()
         self._waveglow_path = waveglow or WeightsSource.project("waveglow.pt").resolve()
-        self._load_acoustic = load_acoustic
         self._acoustic: Any = None
         self._hifigan: Any = None
         self._waveglow: Any = None
@@ -174,10 +172,10 @@ class _Voices:
         return np.asarray(audio.reshape(-1).numpy(), dtype=np.float32)
 
     def mel_audio(self, text: str, vocoder: str) -> npt.NDArray[np.float32]:
-        from engines.voices.acoustic import mel_of
+        from engines.voices.acoustic import load_acoustic, mel_of
 
         if self._acoustic is None:
-            self._acoustic = self._load_acoustic(self._acoustic_path)
+            self._acoustic = load_acoustic(self._acoustic_path)
         return np.concatenate([self._vocode(vocoder, mel_of(self._acoustic, ids)) for ids in self._ids(text)])
 
     def teacher_mel_audio(self, text: str, vocoder: str) -> npt.NDArray[np.float32]:
@@ -186,7 +184,7 @@ class _Voices:
         mel = torch.from_numpy(mel_spectrogram(self.teacher_audio(text)))
         return self._vocode(vocoder, mel)
 
-    def speaker(self, path: PathName) -> Speaker:
+    def speaker(self, path: str) -> Speaker:
         if path == "piper":
             return self.piper_audio
         kind, vocoder = path.split("+")
@@ -196,20 +194,24 @@ class _Voices:
 
 
 def listening_gate(
-    paths: Sequence[PathName] = VOICE_PATHS + DIAGNOSTIC_PATHS,
+    paths: Sequence[str] = VOICE_PATHS + DIAGNOSTIC_PATHS,
     *,
     sentences: Sequence[str] = HELD_OUT,
     acoustic: Path | None = None,
     waveglow: Path | None = None,
-) -> dict[PathName, PathScore]:
+) -> dict[str, PathScore]:
     """Score each path on ``sentences``. Blocking: loads the judges and the models, ~1 s a sentence
     a path on two cores. ``acoustic`` / ``waveglow``: weights to judge instead of the shipped ones."""
     from anchor.bench.listeners import judges, pitch_agreement, to_judge_rate
 
+    unknown = [p for p in paths if p not in VOICE_PATHS + DIAGNOSTIC_PATHS]
+    if unknown:
+        raise ValueError(f"unknown voice paths {unknown}; known: {list(VOICE_PATHS + DIAGNOSTIC_PATHS)}")
+
     mos, asr = judges()
-    voices = _Voices(acoustic, waveglow)
+    voices = VoicePaths(acoustic, waveglow)
     teachers = [to_judge_rate(voices.teacher_audio(text), RATE) for text in sentences]
-    scores: dict[PathName, PathScore] = {}
+    scores: dict[str, PathScore] = {}
     for path in paths:
         speak = voices.speaker(path)
         rows = []
