@@ -1,52 +1,10 @@
-"""The anchor runtime: frames, graph and stages, media clock, pacing, sessions, metrics."""
+"""The virtual anchor.
 
-from anchor.config import AnchorSettings, ConfigError, load_settings
-from anchor.frames import (
-    AudioChunk,
-    DataFrame,
-    EndOfUtterance,
-    ErrorEvent,
-    Frame,
-    Interrupt,
-    MelChunk,
-    Say,
-    SpeechStarted,
-    SystemFrame,
-    TextDelta,
-    Transcript,
-    VideoFrame,
-    WordTiming,
-)
-from anchor.graph import AUDIO_OUT, VIDEO_OUT, Graph
-from anchor.runtime import Runtime
-from anchor.session import Session, SessionClosed, SessionEvent
-from anchor.stage import Stage, StageContext
-
-__all__ = [
-    "AUDIO_OUT",
-    "VIDEO_OUT",
-    "AnchorSettings",
-    "AudioChunk",
-    "ConfigError",
-    "DataFrame",
-    "EndOfUtterance",
-    "ErrorEvent",
-    "Frame",
-    "Graph",
-    "Interrupt",
-    "MelChunk",
-    "Runtime",
-    "Say",
-    "Session",
-    "SessionClosed",
-    "SessionEvent",
-    "SpeechStarted",
-    "Stage",
-    "StageContext",
-    "SystemFrame",
-    "TextDelta",
-    "Transcript",
-    "VideoFrame",
-    "WordTiming",
-    "load_settings",
-]
+- ``anchor.core``: the runtime (frames, media clock, channels, graph and stages, pacing, sessions,
+  metrics, settings). Light to import: the network edges (``streams``) depend on it, never the
+  other way, and importing ``anchor.core.frames`` loads no ML library.
+- ``anchor.speech``, ``anchor.face``, ``anchor.listen``, ``anchor.responders``, ``anchor.news``: the stages.
+- ``anchor.app``: the application (the ``anchor`` command, the live anchor, MQTT commands, demos).
+- ``anchor.testing``: fakes with fault knobs and quality measures, for tests and benchmarks.
+- ``anchor.bench`` and ``anchor.train``: tools, with their own extras (``virtual-anchor[bench,train]``).
+"""

@@ -1,5 +1,5 @@
 import sys
 
-from anchor.cli import main
+from anchor.app.cli import main
 
 sys.exit(main())

@@ -21,10 +21,11 @@ from engines.backends import Backend
 from engines.backends.ort_backend import OrtBackend, cuda_provider_available
 from engines.backends.torch_backend import TorchBackend
 from engines.backends.trt_backend import TensorRTBackend, tensorrt_available
+from engines.errors import WeightsError
 from engines.export import OPSET, Exported, export_onnx
 from engines.settings import EngineSettings
 from engines.spec import Arrays, EngineSpec
-from engines.weights import WeightsError, sha256
+from engines.weights import sha256
 
 log = logging.getLogger(__name__)
 

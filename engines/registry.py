@@ -11,17 +11,17 @@ import numpy.typing as npt
 from torch import nn
 
 from engines.asr.whisper_parts import whisper_specs
+from engines.errors import WeightsError
 from engines.face.mouth_gan import MOUTH_GAN, mouth_gan_spec
 from engines.face.wav2lip import wav2lip_spec
 from engines.models.hifigan import HiFiGanConfig, HiFiGanGenerator
 from engines.settings import EngineSettings
 from engines.spec import Dim, EngineSpec, TensorSpec
-from engines.vocoders.waveglow import waveglow_pitch_spec, waveglow_spec
-from engines.voices.acoustic import acoustic_specs
+from engines.vocoders.waveglow_checkpoints import waveglow_pitch_spec, waveglow_spec
+from engines.voices.acoustic_parts import acoustic_specs
 from engines.voices.piper import piper_spec
-from engines.voices.tacotron2 import tacotron2_specs
+from engines.voices.tacotron2_parts import tacotron2_specs
 from engines.weights import (
-    WeightsError,
     WeightsSource,
     fold_weight_norm,
     load_module,

@@ -12,9 +12,9 @@ from engines.backends.ort_backend import OrtBackend
 from engines.backends.torch_backend import TorchBackend
 from engines.backends.trt_backend import tensorrt_available
 from engines.engine import backend_memo, cuda_device, ensure_onnx, tensorrt_backend, weights_info
+from engines.errors import WeightsError
 from engines.settings import EngineSettings
 from engines.spec import EngineSpec, Which, relative_error
-from engines.weights import WeightsError
 
 _PARITY_CASES: tuple[tuple[Which, int], ...] = (("min", 1), ("opt", 1), ("opt", 3))
 

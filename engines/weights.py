@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from engines.errors import WeightsError
+
 StateDict = dict[str, torch.Tensor]
 
 log = logging.getLogger(__name__)
@@ -34,10 +36,6 @@ _PROJECT_WEIGHTS = Path(__file__).resolve().parent / "weights"
 def project_weights_dir() -> Path:
     """Where the project's own trained weights ship (``engines/weights``)."""
     return _PROJECT_WEIGHTS
-
-
-class WeightsError(ValueError):
-    """A checkpoint could not be found, read or matched to its model."""
 
 
 @dataclass(frozen=True)

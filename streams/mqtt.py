@@ -16,8 +16,8 @@ Topics for anchor ``{id}``:
 A bad command (too big, not JSON, wrong schema, expired, unknown) yields an
 ``error`` event naming the command and what was wrong, and changes
 nothing. A command id seen before is not carried out again (QoS 1 may
-deliver twice; a broker may replay). The connection is kept with jittered
-exponential backoff, and subscriptions are made again on every connect.
+deliver twice; a broker may replay). The connection is kept with exponential
+backoff and full jitter, and subscriptions are made again on every connect.
 """
 
 from __future__ import annotations
@@ -25,26 +25,31 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import socket
 import ssl
 import time
-from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiomqtt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from anchor.core.aio import cancel_and_wait
+from anchor.core.backoff import Backoff
+from anchor.core.commands import Command, CommandError, decode_object, describe, parse_command
+from anchor.core.recent import RecentIds
 from streams.server import EventFeed
 from streams.settings import MqttSettings
 
 log = logging.getLogger(__name__)
 
 
-# -- command schemas ----------------------------------------------------------------
+# -- the MQTT envelope around a command ------------------------------------------------
 
 
-class Command(BaseModel):
+class Envelope(BaseModel):
+    """What MQTT adds to a command: an id (for de-duplication) and a lifetime."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: str = Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
@@ -55,74 +60,18 @@ class Command(BaseModel):
         return now > self.sent_at + self.ttl_s
 
 
-class Say(Command):
-    text: str = Field(min_length=1, max_length=2000)
-    uninterruptible: bool = False
+@dataclass(frozen=True)
+class Message:
+    envelope: Envelope
+    command: Command
 
-
-class Interrupt(Command):
-    reason: str = Field("mqtt", max_length=200)
-
-
-class Mute(Command):
-    muted: bool
-
-
-class Ask(Command):
-    text: str = Field(min_length=1, max_length=2000)
-
-
-class ResponderSwitch(Command):
-    answer: str = Field(pattern=r"^[a-z0-9_-]{1,32}$")
-
-
-class NewsEnqueue(Command):
-    title: str = Field(min_length=1, max_length=200)
-    body: str = Field(min_length=1, max_length=20_000)
-    priority: int = Field(0, ge=0, le=10)
-
-
-class NewsCue(Command):
-    item: str = Field(min_length=1, max_length=64)
-
-
-class NewsSkip(Command):
-    pass
-
-
-class NewsAir(Command):
-    on_air: bool
-
-
-class AvatarSwitch(Command):
-    avatar: str = Field(min_length=1, max_length=200)
-
-
-class VoiceSwitch(Command):
-    voice: str = Field(min_length=1, max_length=200)
-
-
-COMMANDS: dict[str, type[Command]] = {
-    "say": Say,
-    "interrupt": Interrupt,
-    "mute": Mute,
-    "ask": Ask,
-    "responder": ResponderSwitch,
-    "news/enqueue": NewsEnqueue,
-    "news/cue": NewsCue,
-    "news/skip": NewsSkip,
-    "news/air": NewsAir,
-    "avatar": AvatarSwitch,
-    "voice": VoiceSwitch,
-}
+    @property
+    def id(self) -> str:
+        return self.envelope.id
 
 
 # Small command and event packets must not wait for Nagle's algorithm (40 ms and more per hop).
 NO_DELAY = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
-
-
-class CommandError(ValueError):
-    """A well-formed command the anchor cannot carry out (now)."""
 
 
 class ControlTarget(Protocol):
@@ -137,51 +86,30 @@ class ControlTarget(Protocol):
     def events(self) -> EventFeed: ...
 
 
-def parse_command(name: str, payload: bytes, limit: int, now: float) -> Command:
-    """The command of topic suffix ``name``, or ``CommandError`` saying precisely why not."""
+def parse_message(name: str, payload: bytes, limit: int, now: float) -> Message:
+    """The command of topic suffix ``name`` in its envelope, or ``CommandError`` saying precisely why not."""
     if len(payload) > limit:
         raise CommandError(f"payload of {len(payload)} bytes exceeds {limit}")
-    schema = COMMANDS.get(name)
-    if schema is None:
-        raise CommandError(f"unknown command {name!r}; known: {sorted(COMMANDS)}")
+    fields = decode_object(payload, "payload")
+    envelope_fields = {key: fields.pop(key) for key in Envelope.model_fields if key in fields}
     try:
-        data = json.loads(payload)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CommandError(f"payload is not JSON: {exc}") from None
-    try:
-        command = schema.model_validate(data)
+        envelope = Envelope.model_validate(envelope_fields)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()
+        raise CommandError(f"invalid {name} command: {describe(exc)}") from None
+    command = parse_command(name, fields)
+    if envelope.expired(now):
+        raise CommandError(
+            f"command {envelope.id} expired {now - envelope.sent_at - envelope.ttl_s:.1f} s ago"
         )
-        raise CommandError(f"invalid {name} command: {problems}") from None
-    if command.expired(now):
-        raise CommandError(f"command {command.id} expired {now - command.sent_at - command.ttl_s:.1f} s ago")
-    return command
-
-
-async def cancel_firmly(tasks: list[asyncio.Task[None]], grace_s: float = 5.0) -> None:
-    """Cancel ``tasks`` until they end (at most ``grace_s``).
-
-    Once is not enough on Python 3.11: ``asyncio.wait_for`` (inside aiomqtt's
-    publish) swallows a cancel that lands just as its PUBACK arrives (fixed in 3.12).
-    """
-    deadline = time.monotonic() + grace_s
-    while (pending := [t for t in tasks if not t.done()]) and time.monotonic() < deadline:
-        for task in pending:
-            task.cancel()
-        await asyncio.wait(pending, timeout=0.2)
-    if pending:
-        log.error("still running %.1f s after cancel: %s", grace_s, [t.get_name() for t in pending])
+    return Message(envelope, command)
 
 
 def _command_id(payload: bytes) -> str | None:
     """The ``id`` of a refused command, when its payload has one (to name it in the error event)."""
     try:
-        data = json.loads(payload)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        found = decode_object(payload).get("id")
+    except CommandError:
         return None
-    found = data.get("id") if isinstance(data, dict) else None
     return found[:64] if isinstance(found, str) else None
 
 
@@ -195,9 +123,11 @@ class MqttControl:
         self.target = target
         self.prefix = f"anchor/{settings.anchor_id}"
         self.connected = asyncio.Event()
+        #: Set while the broker is out of reach (a connection lost or refused), cleared on connect.
+        self.down = asyncio.Event()
         self.connects = 0
-        self._seen: OrderedDict[str, None] = OrderedDict()
-        self._seen_max = seen_ids
+        self.last_error = ""
+        self._seen = RecentIds(seen_ids)
         self._task: asyncio.Task[None] | None = None
         self._events: EventFeed | None = None
 
@@ -209,7 +139,7 @@ class MqttControl:
     async def stop(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            await cancel_firmly([task])
+            await cancel_and_wait([task], 5.0, again_every_s=0.2)
         if self._events is not None:
             self._events.close()
             self._events = None
@@ -231,20 +161,19 @@ class MqttControl:
         )
 
     async def _run(self) -> None:
-        failures = 0
+        backoff = Backoff(self.settings.reconnect_min_s, self.settings.reconnect_max_s)
         while True:
             try:
                 async with self._client() as client:
-                    failures = 0
+                    backoff.reset()
                     self.connects += 1
+                    self.down.clear()
                     await self._serve(client)
             except aiomqtt.MqttError as exc:
                 self.connected.clear()
-                failures += 1
-                ceiling = min(
-                    self.settings.reconnect_max_s, self.settings.reconnect_min_s * 2 ** min(failures, 16)
-                )
-                delay = random.uniform(self.settings.reconnect_min_s, ceiling)  # full jitter
+                self.last_error = str(exc)
+                self.down.set()
+                delay = backoff.next_delay()
                 log.warning("MQTT connection lost (%s); reconnecting in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
 
@@ -261,33 +190,31 @@ class MqttControl:
             async for message in client.messages:
                 await self._handle(client, str(message.topic), bytes(message.payload or b""))
         finally:
-            await cancel_firmly(helpers)
+            await cancel_and_wait(helpers, 5.0, again_every_s=0.2)
 
     # -- commands ------------------------------------------------------------------
     async def _handle(self, client: aiomqtt.Client, topic: str, payload: bytes) -> None:
         name = topic.removeprefix(f"{self.prefix}/cmd/")
         try:
-            command = parse_command(name, payload, self.settings.max_payload_bytes, time.time())
+            message = parse_message(name, payload, self.settings.max_payload_bytes, time.time())
         except CommandError as exc:
             await self._event(
                 client, {"kind": "error", "command": _command_id(payload), "topic": topic, "error": str(exc)}
             )
             return
-        if command.id in self._seen:
-            log.info("command %s already carried out; not replayed", command.id)
+        if message.id in self._seen:
+            log.info("command %s already carried out; not replayed", message.id)
             return
-        self._seen[command.id] = None
-        while len(self._seen) > self._seen_max:
-            self._seen.popitem(last=False)
+        self._seen.add(message.id)
         try:
-            result = await self.target.execute(command)
+            result = await self.target.execute(message.command)
         except CommandError as exc:
             await self._event(
-                client, {"kind": "error", "command": command.id, "topic": topic, "error": str(exc)}
+                client, {"kind": "error", "command": message.id, "topic": topic, "error": str(exc)}
             )
             return
         await self._event(
-            client, {"kind": "accepted", "command": command.id, "topic": topic, "result": result}
+            client, {"kind": "accepted", "command": message.id, "topic": topic, "result": result}
         )
         await self._publish_status(client)
 

@@ -17,7 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from anchor.frames import AudioChunk, VideoFrame
+from anchor.core.aio import cancel_and_wait
+from anchor.core.frames import AudioChunk, VideoFrame
 from streams.mp4 import MediaWriter
 from streams.tracks import ProgramFeed
 
@@ -106,11 +107,13 @@ class ProgramRecorder:
         await self._off_loop(lambda: writer.add_video(frame.image, index))
         self.video_frames = index + 1
 
+    async def drained(self) -> None:
+        """Wait until the feed has ended and every frame it gave is written."""
+        await asyncio.gather(*self._tasks)
+
     async def stop(self) -> None:
         """Stop recording, flush the encoders and close the file or stream."""
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(self._tasks, 5.0)
         writer, self._writer = self._writer, None
         if writer is not None:
             await self._off_loop(writer.close)

@@ -27,18 +27,26 @@ from aiohttp import web
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.sdp import SessionDescription
 
-from anchor.frames import AudioChunk
+from anchor.core.aio import cancel_and_wait
+from anchor.core.commands import (
+    Ask,
+    Command,
+    CommandError,
+    Interrupt,
+    NewsEnqueue,
+    Say,
+    build,
+    decode_object,
+)
+from anchor.core.frames import AudioChunk
+from streams.aiortc_compat import allow_loopback_candidates, tasks_of
 from streams.auth import AuthError, Claims, Grant, TokenAuthority
-from streams.ice import allow_loopback_candidates
 from streams.settings import WebRtcSettings, is_loopback
 from streams.tracks import ProgramAudioTrack, ProgramFeed, ProgramVideoTrack, pump_microphone
 
 log = logging.getLogger(__name__)
 
 OPEN_GRANTS: frozenset[Grant] = frozenset({"watch", "talk", "control"})
-MAX_SAY_CHARS = 2000
-MAX_NEWS_TITLE = 200
-MAX_NEWS_BODY = 20_000
 
 
 class SessionEventLike(Protocol):
@@ -59,6 +67,7 @@ class EventFeed(Protocol):
 
 
 Feed = TypeVar("Feed", bound=ProgramFeed)
+C = TypeVar("C", bound=Command)
 
 
 class ProgramSource(Protocol[Feed]):
@@ -129,11 +138,9 @@ class RateLimiter:
 def parse_offer_json(raw: bytes) -> tuple[str, str | None]:
     """``(sdp, session)`` from a ``{"sdp", "type": "offer", "session"?}`` body, or ``RequestError(400)``."""
     try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RequestError(400, f"body is not JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise RequestError(400, f"body must be a JSON object, got {type(body).__name__}")
+        body = decode_object(raw)
+    except CommandError as exc:
+        raise RequestError(400, str(exc)) from None
     extra = sorted(set(body) - {"sdp", "type", "session"})
     if extra:
         raise RequestError(400, f"unknown fields {extra}; allowed: sdp, type, session")
@@ -353,51 +360,37 @@ class WebRtcServer:
         assert peer.pc.localDescription is not None
         return web.json_response({"sdp": peer.pc.localDescription.sdp, "type": "answer", "peer": peer.id})
 
-    async def _body(self, request: web.Request, fields: set[str]) -> dict[str, Any]:
-        """A JSON object body with no fields but ``fields`` (and ``session``), or a 400 saying why."""
+    async def _command(self, request: web.Request, schema: type[C]) -> tuple[str, C]:
+        """The session (``session`` field, or the default) and the command of a JSON body, or a 400."""
         raw = await self._read(request)
         try:
-            body = json.loads(raw) if raw.strip() or fields else {}
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise RequestError(400, f"body is not JSON: {exc}") from None
-        if not isinstance(body, dict) or set(body) - fields - {"session"}:
-            names = ", ".join(repr(f) for f in sorted(fields))
-            wanted = f"with {names} and optionally 'session'" if fields else "with at most 'session'"
-            raise RequestError(400, f"body must be an object {wanted}, nothing else")
-        session = body.get("session") or self.default_session
-        if not isinstance(session, str):
-            raise RequestError(400, "session must be a string")
-        body["session"] = session
-        return body
-
-    @staticmethod
-    def _text(body: dict[str, Any], name: str, limit: int) -> str:
-        text = body.get(name)
-        if not isinstance(text, str) or not text.strip() or len(text) > limit:
-            raise RequestError(400, f"{name} must be a non-empty string of at most {limit} characters")
-        return text
+            fields = decode_object(raw) if raw.strip() else {}
+            session = fields.pop("session", None) or self.default_session
+            if not isinstance(session, str) or len(session) > 64:
+                raise CommandError("session must be a string of 1..64 characters")
+            return session, build(schema, fields)
+        except CommandError as exc:
+            raise RequestError(400, str(exc)) from None
 
     async def _say(self, request: web.Request) -> web.StreamResponse:
-        body = await self._body(request, {"text"})
-        text = self._text(body, "text", MAX_SAY_CHARS)
-        source, _ = self._admit(request, body["session"], need="control")
-        utterance = await source.say(text)
+        session, command = await self._command(request, Say)
+        source, _ = self._admit(request, session, need="control")
+        utterance = await source.say(command.text)
         return web.json_response({"utterance": utterance}, status=202)
 
     async def _interrupt(self, request: web.Request) -> web.StreamResponse:
-        body = await self._body(request, set())
-        source, claims = self._admit(request, body["session"], need="control")
-        cut = await source.interrupt(f"http:{claims.subject}")
+        session, command = await self._command(request, Interrupt)
+        source, claims = self._admit(request, session, need="control")
+        cut = await source.interrupt(command.reason or f"http:{claims.subject}")
         return web.json_response({"interrupted": sorted(cut)})
 
     async def _ask(self, request: web.Request) -> web.StreamResponse:
-        body = await self._body(request, {"text"})
-        text = self._text(body, "text", MAX_SAY_CHARS)
-        source, _ = self._admit(request, body["session"], need="talk")
+        session, command = await self._command(request, Ask)
+        source, _ = self._admit(request, session, need="talk")
         try:
-            utterance = await source.ask(text)
+            utterance = await source.ask(command.text)
         except ValueError as exc:  # the session's graph has no responder for questions
-            raise RequestError(409, f"session {body['session']!r} does not answer questions: {exc}") from None
+            raise RequestError(409, f"session {session!r} does not answer questions: {exc}") from None
         return web.json_response({"utterance": utterance}, status=202)
 
     def _newsroom(self, session: str) -> Newsroom:
@@ -412,16 +405,11 @@ class WebRtcServer:
         return web.json_response(await self._newsroom(session).listing())
 
     async def _news_submit(self, request: web.Request) -> web.StreamResponse:
-        body = await self._body(request, {"title", "body", "priority"})
-        self._admit(request, body["session"], need="control")
-        room = self._newsroom(body["session"])
-        title = self._text(body, "title", MAX_NEWS_TITLE)
-        text = self._text(body, "body", MAX_NEWS_BODY)
-        priority = body.get("priority", 0)
-        if not isinstance(priority, int) or isinstance(priority, bool):
-            raise RequestError(400, f"priority must be an integer, got {priority!r}")
+        session, command = await self._command(request, NewsEnqueue)
+        self._admit(request, session, need="control")
+        room = self._newsroom(session)
         try:
-            item, added = await room.submit(title, text, priority)
+            item, added = await room.submit(command.title, command.body, command.priority)
         except ValueError as exc:
             raise RequestError(400, str(exc)) from None
         return web.json_response({"id": item, "queued": added}, status=201 if added else 200)
@@ -537,12 +525,7 @@ class WebRtcServer:
         peer = self.peers.pop(peer_id, None)
         if peer is None:
             return
-        for task in peer.tasks:
-            task.cancel()
-        outcomes = await asyncio.gather(*peer.tasks, return_exceptions=True)
-        for task, outcome in zip(peer.tasks, outcomes, strict=True):
-            if isinstance(outcome, Exception):
-                log.warning("%s failed: %r", task.get_name(), outcome)
+        await cancel_and_wait(peer.tasks, 2.0)
         source = self.sessions.get(peer.session)
         if source is not None:
             source.unsubscribe(peer.feed)
@@ -553,11 +536,6 @@ class WebRtcServer:
 async def close_pc(pc: RTCPeerConnection, timeout_s: float = 2.0) -> None:
     """Close ``pc`` and wait for the tasks aiortc started for it (it never awaits its connect task)."""
     await pc.close()
-    own = [t for t in asyncio.all_tasks() if _bound_to(t, pc)]
+    own = tasks_of(pc)
     if own:
         await asyncio.wait(own, timeout=timeout_s)
-
-
-def _bound_to(task: asyncio.Task[Any], pc: RTCPeerConnection) -> bool:
-    frame = getattr(task.get_coro(), "cr_frame", None)
-    return frame is not None and frame.f_locals.get("self") is pc

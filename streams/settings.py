@@ -93,12 +93,19 @@ class MqttSettings(BaseModel):
     client_id: str | None = None
     max_payload_bytes: int = Field(16 * 1024, ge=256, le=1024 * 1024)
     keepalive_s: int = Field(30, ge=5, le=600)
-    reconnect_min_s: float = Field(0.5, gt=0)
-    reconnect_max_s: float = Field(30.0, gt=0)
+    reconnect_min_s: float = Field(
+        0.5, gt=0, description="Backoff after the first failure: a delay drawn from [0, this)."
+    )
+    reconnect_max_s: float = Field(30.0, gt=0, description="Backoff ceiling: the delay is never longer.")
     status_every_s: float = Field(10.0, gt=0)
 
     @model_validator(mode="after")
     def _url(self) -> MqttSettings:
+        if self.reconnect_min_s > self.reconnect_max_s:
+            raise ValueError(
+                f"reconnect_min_s ({self.reconnect_min_s:g}) must not exceed reconnect_max_s "
+                f"({self.reconnect_max_s:g})"
+            )
         if self.url is not None:
             parts = urlsplit(self.url)
             if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:

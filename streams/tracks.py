@@ -17,7 +17,7 @@ import numpy as np
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
-from anchor.frames import AudioChunk, VideoFrame
+from anchor.core.frames import AudioChunk, VideoFrame
 
 log = logging.getLogger(__name__)
 

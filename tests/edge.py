@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -15,15 +13,18 @@ import numpy as np
 import numpy.typing as npt
 from aiortc.mediastreams import AudioStreamTrack
 
-from anchor import AUDIO_OUT, VIDEO_OUT, AnchorSettings, Graph, Runtime
+from anchor.app.settings import AppSettings
+from anchor.core.graph import AUDIO_OUT, VIDEO_OUT, Graph
+from anchor.core.realtime import RealTimeClock
+from anchor.core.runtime import Runtime
+from anchor.core.session import Session
+from anchor.core.stage import Stage
+from anchor.face.face_stage import AnimatorDriver, FaceStage
 from anchor.face.look import PortraitLook
 from anchor.face.portrait import default_image, fit, make_portrait
 from anchor.face.rig import MouthRig
-from anchor.face.stage import AnimatorDriver, FaceStage
-from anchor.fakes import FakeTTS
 from anchor.responders import SayResponder
-from anchor.session import Session
-from anchor.stage import Stage
+from anchor.testing.fakes import FakeTTS
 from streams.server import WebRtcServer
 
 
@@ -34,12 +35,10 @@ class Microphone(AudioStreamTrack):
         super().__init__()
         self.pcm = (np.clip(pcm, -1, 1) * 32767).astype(np.int16)
         self.sent = 0
-        self.started = 0.0
+        self._clock = RealTimeClock(48000)
 
     async def recv(self) -> av.AudioFrame:
-        if self.sent == 0:
-            self.started = time.monotonic()
-        await asyncio.sleep(max(0.0, self.started + self.sent / 48000 - time.monotonic()))
+        await self._clock.until(self.sent)
         block = np.zeros(960, dtype=np.int16)
         part = self.pcm[self.sent : self.sent + 960]
         block[: len(part)] = part
@@ -59,7 +58,7 @@ class Edge:
 @contextlib.asynccontextmanager
 async def served_anchor(size: int = 256, ears: Stage | None = None, **webrtc: Any) -> AsyncIterator[Edge]:
     """``ears``: a root stage for viewer audio (the recognizer's place), when the test needs one."""
-    settings = AnchorSettings(
+    settings = AppSettings(
         media={"width": size, "height": size},  # type: ignore[arg-type]
         webrtc={"port": 0, **webrtc},  # type: ignore[arg-type]
     )

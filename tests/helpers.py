@@ -9,11 +9,12 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from anchor import AUDIO_OUT, VIDEO_OUT, AnchorSettings, Graph, SessionEvent
-from anchor.fakes import FakeFace, FakeResponder, FakeTTS, Faults
-from anchor.frames import AudioChunk, VideoFrame
-from anchor.pacer import Subscription
-from anchor.session import EventStream, Session
+from anchor.core.config import AnchorSettings
+from anchor.core.frames import AudioChunk, VideoFrame
+from anchor.core.graph import AUDIO_OUT, VIDEO_OUT, Graph
+from anchor.core.pacer import Subscription
+from anchor.core.session import EventStream, Session, SessionEvent
+from anchor.testing.fakes import FakeFace, FakeResponder, FakeTTS, Faults
 
 FAST = AnchorSettings(media={"width": 32, "height": 32})  # type: ignore[arg-type]
 MS_PER_WORD = 40.0

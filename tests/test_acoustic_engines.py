@@ -8,19 +8,19 @@ import numpy as np
 import pytest
 import torch
 
-from anchor.config import AnchorSettings
-from anchor.frames import EndOfUtterance, Frame, MelChunk, Phonemes, TextDelta
-from anchor.offline import run_stages
-from anchor.runtime import Runtime
-from anchor.speech.acoustic import AcousticTTS
+from anchor.app.offline import run_stages
+from anchor.core.config import AnchorSettings
+from anchor.core.frames import EndOfUtterance, Frame, MelChunk, Phonemes, TextDelta
+from anchor.core.runtime import Runtime
+from anchor.speech.acoustic_stage import AcousticTTS
 from anchor.speech.normalize import normalize
 from engines.backends.ort_backend import OrtBackend
 from engines.backends.torch_backend import TorchBackend
+from engines.errors import WeightsError
 from engines.export import export_onnx
 from engines.spec import relative_error
-from engines.voices.acoustic import ACOUSTIC_WEIGHTS, acoustic_specs, load_acoustic, mel_of
+from engines.voices.acoustic_parts import ACOUSTIC_WEIGHTS, acoustic_specs, load_acoustic, mel_of
 from engines.voices.piper import JOE_MODEL, PiperVoice
-from engines.weights import WeightsError
 
 
 @pytest.mark.parametrize("part", ["acoustic-encoder", "acoustic-decoder"])

@@ -10,7 +10,7 @@ import pytest
 
 from anchor.bench.e2e import bench_e2e, write_report
 from anchor.bench.soak import bench_soak
-from anchor.config import AnchorSettings
+from anchor.core.config import AnchorSettings
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ import av
 import numpy as np
 import pytest
 
-from anchor.frames import AudioChunk, VideoFrame
+from anchor.core.frames import AudioChunk, VideoFrame
 from streams.recorder import ProgramRecorder
 from tests.edge import served_anchor
 from tests.helpers import free_port, port_opens
@@ -124,7 +124,7 @@ async def test_rtmp_reaches_nginx_with_both_tracks_at_25_fps_in_sync(nginx_rtmp:
     recorder = ProgramRecorder(SyncFeed(3.2), url, width=SIZE, height=SIZE, fps=FPS, sample_rate=RATE)
     await recorder.start()
     async with asyncio.timeout(30):
-        await asyncio.gather(*recorder._tasks)
+        await recorder.drained()
     await recorder.stop()
     async with asyncio.timeout(10):
         while not recorded.exists() or recorded.stat().st_size == 0:  # noqa: ASYNC110 - nginx writes on disconnect

@@ -12,7 +12,7 @@ import cv2
 import pytest
 from playwright.async_api import async_playwright
 
-from anchor.live import LiveAnchor
+from anchor.app.live import LiveAnchor
 from tests.edge import served_anchor
 from tests.test_live import while_live
 

@@ -6,8 +6,8 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from anchor.channel import Channel, Overflow
-from anchor.frames import AudioChunk, Frame, TextDelta, VideoFrame
+from anchor.core.channel import Channel, Overflow
+from anchor.core.frames import AudioChunk, Frame, TextDelta, VideoFrame
 
 
 def audio(ms: int, uid: str = "u", **kw: bool) -> AudioChunk:

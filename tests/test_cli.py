@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from anchor.cli import main
+from anchor.app.cli import main
 
 
 def test_help_lists_the_subcommands() -> None:
@@ -89,7 +89,7 @@ def test_transcribe_reads_any_pcm_wav_and_refuses_others(
 ) -> None:
     import numpy as np
 
-    from anchor.offline import read_wav
+    from anchor.app.offline import read_wav
 
     path = tmp_path / "stereo24.wav"
     t = np.arange(4410) / 44100

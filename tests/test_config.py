@@ -4,12 +4,13 @@ from pathlib import Path
 
 import pytest
 
-from anchor.config import AnchorSettings, ConfigError, load_settings
+from anchor.app.settings import AppSettings, load_settings
+from anchor.core.config import ConfigError
 
 
 def test_defaults_live_in_one_place() -> None:
     s = load_settings()
-    assert s == AnchorSettings()
+    assert s == AppSettings()
     assert s.media.sample_rate == 48000 and s.media.audio_frame_samples == 960
 
 

@@ -13,8 +13,10 @@ import numpy.typing as npt
 import pytest
 from torch import nn
 
-from anchor import AUDIO_OUT, Graph, Runtime, Stage
-from anchor.frames import Frame, TextDelta
+from anchor.core.frames import Frame, TextDelta
+from anchor.core.graph import AUDIO_OUT, Graph
+from anchor.core.runtime import Runtime
+from anchor.core.stage import Stage
 from engines.hub import EngineHub
 from engines.settings import EngineSettings
 from engines.spec import Arrays, Dim, EngineSpec, TensorSpec

@@ -8,10 +8,10 @@ import torch
 from torch import nn
 from torch.nn.utils import weight_norm
 
+from engines.errors import WeightsError
 from engines.models.hifigan import HiFiGanConfig, HiFiGanGenerator
 from engines.registry import load_hifigan
 from engines.weights import (
-    WeightsError,
     WeightsSource,
     check_state_dict,
     fold_weight_norm,

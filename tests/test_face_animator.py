@@ -9,18 +9,20 @@ import math
 import numpy as np
 import pytest
 
-from anchor import AUDIO_OUT, VIDEO_OUT, AnchorSettings, Graph, Runtime
+from anchor.app.offline import join_audio, render_text, run_stages
 from anchor.bench.judge import MouthJudge
+from anchor.core.config import AnchorSettings
+from anchor.core.frames import AudioChunk, EndOfUtterance, Frame, VideoFrame
+from anchor.core.graph import AUDIO_OUT, VIDEO_OUT, Graph
+from anchor.core.runtime import Runtime
 from anchor.face.animator import mouth_opening
+from anchor.face.face_stage import AnimatorDriver, FaceStage
 from anchor.face.look import PortraitLook, blink_closure
 from anchor.face.mouth import MouthShape
 from anchor.face.portrait import AvatarError, Portrait, default_image, make_portrait
 from anchor.face.rig import MouthRig
-from anchor.face.stage import AnimatorDriver, FaceStage
-from anchor.fakes import FakeResponder, FakeTTS
-from anchor.frames import AudioChunk, EndOfUtterance, Frame, VideoFrame
-from anchor.offline import join_audio, render_text, run_stages
-from anchor.quality import best_lag
+from anchor.testing.fakes import FakeResponder, FakeTTS
+from anchor.testing.quality import best_lag
 from tests.helpers import next_event, recording
 
 NEWS = (
@@ -96,14 +98,14 @@ def test_the_warped_region_leaves_no_seam(portrait: Portrait) -> None:
 def test_idle_life_blinks_sways_and_fades_back(portrait: Portrait) -> None:
     look = PortraitLook(portrait)
     times = np.arange(0, 12, 1 / 25)
-    closures = [blink_closure(t, look._onsets) for t in times]
+    closures = [blink_closure(t, look.blink_onsets) for t in times]
     blinks = sum(1 for a, b in itertools.pairwise(closures) if a == 0 and b > 0)
     assert 2 <= blinks <= 8, "people blink every 2-6 s"
     frames = [look.idle_frame(t).astype(np.int32) for t in times[:50]]
     steps = [np.abs(a - b).mean() for a, b in itertools.pairwise(frames)]
     assert 0 < max(steps) < 6, "the head moves, smoothly"
     eye = portrait.eyes[0]
-    shut = next(t for t in times if blink_closure(t, look._onsets) > 0.9)
+    shut = next(t for t in times if blink_closure(t, look.blink_onsets) > 0.9)
     still = PortraitLook(portrait, motion=0)
     region = (slice(eye.y, eye.y + eye.h), slice(eye.x, eye.x + eye.w))
     assert np.abs(still.idle_frame(shut)[region].astype(int) - portrait.image[region]).mean() > 3

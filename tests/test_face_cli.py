@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from anchor.cli import main
+from anchor.app.cli import main
+from anchor.app.offline import write_wav
 from anchor.face.avatar import load_avatar, smooth_tracks
 from anchor.face.portrait import default_image
-from anchor.offline import write_wav
 from engines.face.wav2lip import Wav2Lip
 from streams.mp4 import MediaWriter
 

@@ -9,23 +9,25 @@ import numpy as np
 import pytest
 import torch
 
-from anchor import AnchorSettings, Runtime
+from anchor.app.offline import join_audio, render_text, run_stages
+from anchor.bench.face_measures import identity, lip_sync
 from anchor.bench.judge import MouthJudge
 from anchor.bench.voices import espeak
+from anchor.core.config import AnchorSettings
+from anchor.core.frames import AudioChunk, EndOfUtterance, Frame, Phonemes, TextDelta, VideoFrame
+from anchor.core.resample import resample
+from anchor.core.runtime import Runtime
+from anchor.face.face_stage import RATE, FaceStage
 from anchor.face.landmarks import FaceFound, check_pose, detect_landmarks
-from anchor.face.measures import identity, lip_sync
 from anchor.face.mouth import CLOSED, MouthShape
 from anchor.face.mouth_driver import MouthGanDriver
 from anchor.face.portrait import AvatarError, Portrait, default_image, fit, make_portrait, second_image
 from anchor.face.rig import INNER_PAIRS, MouthRig
-from anchor.face.stage import RATE, FaceStage
 from anchor.face.visemes import mouth_track, timed_phonemes
-from anchor.frames import AudioChunk, EndOfUtterance, Frame, Phonemes, TextDelta, VideoFrame
-from anchor.offline import join_audio, render_text, run_stages
-from anchor.speech.resample import resample
 from anchor.speech.voices import Voice
 from engines.backends.ort_backend import OrtBackend
 from engines.backends.torch_backend import TorchBackend
+from engines.errors import WeightsError
 from engines.export import export_onnx
 from engines.face.mouth_gan import (
     MAX_HISTORY_SAMPLES,
@@ -37,7 +39,7 @@ from engines.face.mouth_gan import (
     mouth_gan_spec,
 )
 from engines.spec import relative_error
-from engines.weights import WeightsError, WeightsSource
+from engines.weights import WeightsSource
 
 SENTENCE = (
     "Good evening. The central bank raised interest rates by a quarter point on Tuesday, surprising markets "

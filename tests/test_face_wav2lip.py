@@ -17,6 +17,7 @@ from anchor.face.wav2lip_driver import Wav2LipDriver, wav2lip_crop
 from engines.audio.mel import MelConfig, mel_basis
 from engines.backends.ort_backend import OrtBackend
 from engines.backends.torch_backend import TorchBackend
+from engines.errors import WeightsError
 from engines.export import export_onnx
 from engines.face.wav2lip import (
     ConvBlock,
@@ -29,7 +30,7 @@ from engines.face.wav2lip import (
     wav2lip_spec,
 )
 from engines.spec import relative_error
-from engines.weights import WeightsError, WeightsSource
+from engines.weights import WeightsSource
 
 MANIFEST = json.loads((Path(__file__).parent / "data" / "wav2lip_state_dict.json").read_text())
 

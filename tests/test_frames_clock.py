@@ -6,8 +6,8 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from anchor.clock import video_frame_span, video_frames_complete
-from anchor.frames import AudioChunk, EndOfUtterance, Interrupt, MelChunk, TextDelta, VideoFrame
+from anchor.core.clock import video_frame_span, video_frames_complete
+from anchor.core.frames import AudioChunk, EndOfUtterance, Interrupt, MelChunk, TextDelta, VideoFrame
 
 
 def test_audio_chunk_validates_and_is_read_only() -> None:

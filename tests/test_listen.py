@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,14 +11,17 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from anchor import AUDIO_OUT, AnchorSettings, Graph, Runtime
-from anchor.frames import AudioChunk, Frame, SpeechStarted, Transcript
+from anchor.app.offline import join_audio, render_text
+from anchor.core.config import AnchorSettings
+from anchor.core.frames import AudioChunk, Frame, SpeechStarted, Transcript
+from anchor.core.graph import AUDIO_OUT, Graph
+from anchor.core.realtime import RealTimeClock
+from anchor.core.runtime import Runtime
+from anchor.core.stage import StageContext
 from anchor.listen.recognizer import SpeechRecognizer, _agreed, _extension
-from anchor.offline import join_audio, render_text
-from anchor.quality import word_error_rate
 from anchor.responders import SayResponder
-from anchor.speech.tts import PiperTTS
-from anchor.stage import StageContext
+from anchor.speech.piper_stage import PiperTTS
+from anchor.testing.quality import word_error_rate
 from tests.helpers import next_event
 
 FIRST = "The central bank raised interest rates by a quarter point on Tuesday."
@@ -58,13 +60,13 @@ async def listen(
     stage = SpeechRecognizer()
     await stage.start(StageContext("t", runtime.settings, runtime.executor, runtime.engines))
     out: list[tuple[float, Frame]] = []
-    began = time.perf_counter()
+    clock = RealTimeClock(audio[0].sample_rate if audio else 48000)
     try:
-        for i, chunk in enumerate(audio):
-            if realtime and (delay := began + i * chunk.duration_ms / 1000 - time.perf_counter()) > 0:
-                await asyncio.sleep(delay)
+        for chunk in audio:
+            if realtime:
+                await clock.until(chunk.pts)
             async for frame in stage.process(chunk):
-                out.append((time.perf_counter() - began, frame))
+                out.append((clock.elapsed(), frame))
     finally:
         await stage.stop()
     return out
@@ -141,10 +143,10 @@ async def test_bad_input_is_normalised_and_memory_stays_flat(
         ]
         for chunk in odd:
             assert [f async for f in stage.process(chunk)] == []
-        assert stage._conditioner.repaired_samples == 3
+        assert stage.conditioner.repaired_samples == 3
         for chunk in chunks(silence(120), rate=48000, ms=500):  # two minutes of silence
             assert [f async for f in stage.process(chunk)] == []
-        assert len(stage._audio) <= 16000 * 0.3 + 1, "idle: only the pre-roll is kept"
+        assert stage.buffered_samples <= 16000 * 0.3 + 1, "idle: only the pre-roll is kept"
     finally:
         await stage.stop()
 

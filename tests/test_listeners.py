@@ -15,7 +15,7 @@ from anchor.bench.listeners import (
     to_judge_rate,
     whisper_base_dir,
 )
-from anchor.config import AnchorSettings
+from anchor.core.config import AnchorSettings
 from anchor.speech.voices import Voice
 from anchor.train.corpus import HELD_OUT
 from anchor.train.gates import VOICE_PATHS, WER_GATE, VoicePaths, listening_gate

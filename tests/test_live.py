@@ -12,11 +12,11 @@ import aiohttp
 import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
-from anchor import AnchorSettings
-from anchor.live import LiveAnchor, while_serving
-from anchor.offline import join_audio, render_text
-from anchor.quality import word_error_rate
+from anchor.app.live import LiveAnchor, while_serving
+from anchor.app.offline import join_audio, render_text
+from anchor.app.settings import AppSettings
 from anchor.responders.faq import load_faq
+from anchor.testing.quality import word_error_rate
 from streams.auth import TokenAuthority
 from streams.server import close_pc
 from tests.edge import Microphone
@@ -26,7 +26,7 @@ async def while_live(
     check: Callable[[LiveAnchor], Awaitable[None]], news: Path, timeout_s: float = 90
 ) -> None:
     """Serve ``anchor run`` on a free port (news queue in ``news``), run ``check``, shut it down (re-raising)."""
-    settings = AnchorSettings(webrtc={"port": 0}, news={"database": news})  # type: ignore[arg-type]
+    settings = AppSettings(webrtc={"port": 0}, news={"database": news})  # type: ignore[arg-type]
     async with asyncio.timeout(timeout_s):
         await while_serving(settings, check)
 
@@ -115,10 +115,10 @@ async def test_news_from_the_page_is_queued_listed_and_read(tmp_path: Path) -> N
         story = {"title": "Rates", "body": "The bank held rates at four percent.", "priority": 2}
         async with aiohttp.ClientSession() as http:
             for bad, message in [
-                ({"title": "Rates"}, "body must be a non-empty string"),
-                ({**story, "priority": "high"}, "priority must be an integer, got 'high'"),
-                ({**story, "priority": 11}, "news priority must be 0..10, got 11"),
-                ({**story, "colour": "red"}, "body must be an object with 'body', 'priority', 'title'"),
+                ({"title": "Rates"}, "invalid news/enqueue command: body: Field required"),
+                ({**story, "priority": "high"}, "priority: Input should be a valid integer"),
+                ({**story, "priority": 11}, "priority: Input should be less than or equal to 10"),
+                ({**story, "colour": "red"}, "colour: Extra inputs are not permitted"),
             ]:
                 async with http.post(f"{live.server.url}/news", json=bad) as r:
                     seen.setdefault("bad", []).append((r.status, message in (await r.json())["error"]))

@@ -11,14 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from anchor import AUDIO_OUT, Graph, Runtime
-from anchor.fakes import FakeTTS
-from anchor.frames import SpeechStarted
+from anchor.core.frames import SpeechStarted
+from anchor.core.graph import AUDIO_OUT, Graph
+from anchor.core.runtime import Runtime
+from anchor.core.session import EventStream, Session, SessionEvent
 from anchor.news.desk import DeskTiming, NewsDesk, script_sentences
 from anchor.news.scripts import ScriptFeed, parse_script
 from anchor.news.store import NewsError, NewsItem, NewsQueue, NewsStore
 from anchor.responders import SayResponder
-from anchor.session import EventStream, Session
+from anchor.testing.fakes import FakeTTS
 from tests.helpers import FAST
 
 FIVE = "One is first. Two comes next. Three is here. Four is late. Five ends it."
@@ -136,29 +137,59 @@ async def desk_on_air(database: Path) -> AsyncIterator[tuple[Session, NewsDesk, 
             await queue.aclose()
 
 
+class Reading:
+    """What the desk reads, from the session's events: sentences started and finished, items done."""
+
+    def __init__(self, events: EventStream) -> None:
+        self.events = events
+        self.texts: dict[str, str] = {}
+        self.items_done: list[str] = []
+
+    async def _next(self) -> SessionEvent:
+        event = await self.events.next()
+        assert event is not None, "the session closed"
+        if event.kind == "utterance_started":
+            self.texts[event.utterance_id] = event.detail
+        elif event.kind == "news" and event.detail.startswith("done "):
+            self.items_done.append(event.detail.removeprefix("done "))
+        return event
+
+    async def started(self, timeout_s: float = 20) -> str:
+        """The text of the next sentence that starts."""
+        async with asyncio.timeout(timeout_s):
+            while (event := await self._next()).kind != "utterance_started":
+                pass
+        return event.detail
+
+    async def finished(self, count: int, timeout_s: float = 20) -> list[tuple[str, str]]:
+        """The next ``count`` sentences that finished, as (text, outcome), in order."""
+        out: list[tuple[str, str]] = []
+        async with asyncio.timeout(timeout_s):
+            while len(out) < count:
+                event = await self._next()
+                if event.kind == "utterance_finished" and event.utterance_id in self.texts:
+                    out.append((self.texts.pop(event.utterance_id), event.detail))
+        return out
+
+    async def item_done(self, item_id: str, timeout_s: float = 20) -> None:
+        async with asyncio.timeout(timeout_s):
+            while item_id not in self.items_done:
+                await self._next()
+
+
 async def spoken(events: EventStream, count: int, timeout_s: float = 20) -> list[tuple[str, str]]:
     """The next ``count`` sentences that finished, as (text, outcome), in order."""
-    texts: dict[str, str] = {}
-    out: list[tuple[str, str]] = []
-    async with asyncio.timeout(timeout_s):
-        while len(out) < count:
-            event = await events.next()
-            assert event is not None
-            if event.kind == "utterance_started":
-                texts[event.utterance_id] = event.detail
-            elif event.kind == "utterance_finished" and event.utterance_id in texts:
-                out.append((texts.pop(event.utterance_id), event.detail))
-    return out
+    return await Reading(events).finished(count, timeout_s)
 
 
 async def test_the_desk_reads_items_in_order_one_sentence_at_a_time(tmp_path: Path) -> None:
     async with desk_on_air(tmp_path / "news.db") as (_, desk, events):
+        reading = Reading(events)
         await desk.enqueue(item("First story", "Alpha one. Alpha two."))
-        await desk.enqueue(item("Second story", "Beta one."))
-        said = await spoken(events, 5)
-        async with asyncio.timeout(5):
-            while (listing := await desk.listing())["pending"]:  # noqa: ASYNC110 - polls SQLite
-                await asyncio.sleep(0.01)  # the last sentence ended; the desk marks the item done
+        second, _ = await desk.enqueue(item("Second story", "Beta one."))
+        said = await reading.finished(5)
+        await reading.item_done(second)  # the last sentence ended; the desk marks the item done
+        listing = await desk.listing()
     assert said == [
         ("First story.", "done"),
         ("Alpha one.", "done"),
@@ -202,8 +233,9 @@ async def test_a_restart_resumes_the_item_at_its_current_sentence(tmp_path: Path
     database = tmp_path / "news.db"
     async with desk_on_air(database) as (_, desk, events):
         await desk.enqueue(item("Weather"))
-        before = await spoken(events, 3)
-        await asyncio.sleep(0.1)  # the fourth sentence is being read when the process stops
+        reading = Reading(events)
+        before = await reading.finished(3)
+        assert await reading.started() == "Three is here.", "the process stops while it is read"
     async with desk_on_air(database) as (_, _desk, events):
         after = await spoken(events, 3)
     expected = script_sentences_of("Weather")
@@ -214,12 +246,13 @@ async def test_a_restart_resumes_the_item_at_its_current_sentence(tmp_path: Path
 async def test_a_viewer_who_speaks_cuts_the_sentence_and_reading_resumes_with_it(tmp_path: Path) -> None:
     async with desk_on_air(tmp_path / "news.db") as (session, desk, events):
         await desk.enqueue(item("Weather"))
-        await spoken(events, 1)
-        await asyncio.sleep(0.05)
+        reading = Reading(events)
+        await reading.finished(1)
+        assert await reading.started() == "One is first."
         await session.push(SpeechStarted())
-        cut = await spoken(events, 1)
+        cut = await reading.finished(1)
         began = asyncio.get_running_loop().time()
-        resumed = await spoken(events, 1)
+        resumed = await reading.finished(1)
         waited = asyncio.get_running_loop().time() - began
     assert cut == [("One is first.", "interrupted")]
     assert resumed == [("One is first.", "done")]
@@ -230,10 +263,11 @@ async def test_skip_ends_the_item_and_the_next_one_is_read(tmp_path: Path) -> No
     async with desk_on_air(tmp_path / "news.db") as (_, desk, events):
         await desk.enqueue(item("Weather"))
         await desk.enqueue(item("Sport", "Goal."))
-        await spoken(events, 1)
-        await asyncio.sleep(0.05)
+        reading = Reading(events)
+        await reading.finished(1)
+        assert await reading.started() == "One is first."
         skipped = await desk.skip()
-        rest = await spoken(events, 3)
+        rest = await reading.finished(3)
         weather = await desk.queue.get(skipped)
     assert rest == [("One is first.", "interrupted"), ("Sport.", "done"), ("Goal.", "done")]
     assert weather is not None and weather.state == "skipped"

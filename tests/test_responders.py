@@ -13,14 +13,16 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from anchor import AUDIO_OUT, Graph, Runtime, Stage
-from anchor.config import AnchorSettings, LlmSettings
-from anchor.fakes import FakeTTS
-from anchor.frames import SpeechStarted, Transcript
+from anchor.core.config import AnchorSettings, LlmSettings
+from anchor.core.frames import SpeechStarted, Transcript
+from anchor.core.graph import AUDIO_OUT, Graph
+from anchor.core.runtime import Runtime
+from anchor.core.session import EventStream
+from anchor.core.stage import Stage
 from anchor.responders.answer import Responder, ResponderError, Turn
 from anchor.responders.faq import FaqError, FaqIndex, load_faq, parse_faq
 from anchor.responders.llm import LlmAnswerer, LlmError, llm_answerer
-from anchor.session import EventStream
+from anchor.testing.fakes import FakeTTS
 from engines.text.embedder import SentenceEmbedder
 from tests.helpers import FAST
 

@@ -10,9 +10,11 @@ from collections.abc import AsyncGenerator
 import numpy as np
 import pytest
 
-from anchor import AUDIO_OUT, VIDEO_OUT, Graph, Runtime, Stage
-from anchor.fakes import FakeFace, FakeResponder, FakeTTS, Faults
-from anchor.frames import AudioChunk, EndOfUtterance, Frame, Interrupt, TextDelta
+from anchor.core.frames import AudioChunk, EndOfUtterance, Frame, Interrupt, TextDelta
+from anchor.core.graph import AUDIO_OUT, VIDEO_OUT, Graph
+from anchor.core.runtime import Runtime
+from anchor.core.stage import Stage
+from anchor.testing.fakes import FakeFace, FakeResponder, FakeTTS, Faults
 from tests.helpers import FAST, MS_PER_WORD, Tape, next_event, recording, speech_graph, words
 
 FRAME = FAST.media.audio_frame_samples
@@ -66,16 +68,17 @@ async def test_frames_keep_their_order_through_the_graph() -> None:
 
 async def test_audio_back_pressure_holds_the_producer() -> None:
     async with Runtime(FAST) as rt:
-        session = await rt.open_session(speech_graph(face=False))
+        graph = speech_graph(face=False)
+        session = await rt.open_session(graph)
         events = session.events()
         uid = await session.say(words(60))  # 2.4 s of audio, produced instantly
         await next_event(events, "audio_started", uid)
-        tts = session._run.runners[id(session._run.graph.stages[1])]
+        tts = session.runner(graph.stages[1])
         capacity = FAST.graph.audio_channel_ms
         for _ in range(5):
             await asyncio.sleep(0.05)
             # The TTS is still mid-utterance: it is blocked on the full output channel.
-            assert tts._work is not None and not tts._work.done()
+            assert tts.working_on == uid
             assert session.pacer.audio.buffered_ms <= capacity
         assert session.pacer.audio.buffered_ms >= capacity - MS_PER_WORD
         assert len(tts.inbox) > 0, "the responder's text waits behind the blocked TTS"
@@ -94,7 +97,7 @@ async def test_video_overflow_drops_the_oldest_and_counts() -> None:
         async with recording(session, video_frames=1000) as tape:
             uid = await session.say("long")
             await next_event(events, "utterance_finished", uid)
-            dropped = rt.metrics.frames_dropped.labels("video_out")._value.get()
+            dropped = rt.metrics.value("anchor_frames_dropped_total", where="video_out")
     assert session.pacer.video.dropped == dropped == 10
     assert [v.index for v in tape.video_of(uid)][:2] == [10, 11], "the oldest frames went"
 
@@ -139,13 +142,13 @@ async def test_interrupt_flushes_every_stage_and_the_sink() -> None:
             await next_event(events, "audio_started", uid)
             while session.pacer.audio.buffered_ms == 0:  # noqa: ASYNC110 - a test waiting on a buffer level
                 await asyncio.sleep(0.005)
-            run = session._run
-            assert len(run.runners[id(slow)].inbox) > 0, "text is queued upstream"
+            assert len(session.runner(slow).inbox) > 0, "text is queued upstream"
             cancelled = await session.interrupt()
             assert cancelled == {uid}
-            for runner in run.runners.values():
-                assert not any(f.utterance_id == uid for f in runner.inbox._items)
-                assert runner._work is None or runner._work.done() or runner._work_frame is None
+            for stage in graph.stages:
+                runner = session.runner(stage)
+                assert not runner.inbox.holds(lambda f: f.utterance_id == uid)
+                assert runner.working_on != uid
             assert len(session.pacer.audio) == 0
             finished = await next_event(events, "utterance_finished", uid)
             assert finished.detail == "interrupted"
@@ -186,7 +189,7 @@ async def test_a_hung_stage_is_cancelled_after_its_timeout() -> None:
         assert (await next_event(events, "utterance_finished", hung)).detail == "error"
         fine = await session.say("then fine words")
         assert (await next_event(events, "utterance_finished", fine)).detail == "done"
-        assert rt.metrics.stage_errors.labels("tts")._value.get() == 1
+        assert rt.metrics.value("anchor_stage_errors_total", stage="tts") == 1
 
 
 async def test_a_raising_stage_ends_one_utterance_and_no_other_session() -> None:
@@ -257,7 +260,7 @@ async def test_close_leaves_no_task_thread_or_descriptor() -> None:
     await rt.aclose()
     assert {t.ident for t in threading.enumerate()} <= threads_before
     assert fds() <= fds_before
-    assert rt.metrics.sessions._value.get() == 0
+    assert rt.metrics.value("anchor_sessions") == 0
 
 
 async def test_metrics_export_spans_and_prometheus_text() -> None:

@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from anchor import AnchorSettings, Runtime
-from anchor.frames import AudioChunk, EndOfUtterance, Frame, TextDelta
-from anchor.offline import run_stages
-from anchor.speech.tts import PiperTTS
+from anchor.app.offline import run_stages
+from anchor.core.config import AnchorSettings
+from anchor.core.frames import AudioChunk, EndOfUtterance, Frame, TextDelta
+from anchor.core.runtime import Runtime
+from anchor.speech.piper_stage import PiperTTS
 
 
 @pytest.fixture
@@ -56,7 +57,7 @@ async def test_a_hundred_thousand_characters_stream_in_bounded_memory(runtime: R
                 if seen_audio > 48000 * 60:
                     break  # a minute in is enough to see that memory stays flat
                 peak = max(peak, tracemalloc.get_traced_memory()[0])
-                assert len(stage._utterances["u"].splitter._buffer) <= 400 + 500
+                assert stage.buffered_chars("u") <= 400 + 500
     finally:
         tracemalloc.stop()
     assert seen_audio > 48000 * 60

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from anchor.speech.resample import StreamingResampler
+from anchor.core.resample import StreamingResampler
 
 
 def tones(rate: int, seconds: float, freqs: tuple[float, ...]) -> np.ndarray:

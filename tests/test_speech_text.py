@@ -113,6 +113,6 @@ def test_unpunctuated_text_is_bounded() -> None:
     phrases = []
     for _ in range(2000):
         phrases += s.feed("word ")
-        assert len(s._buffer) <= 100 + 5
+        assert s.buffered_chars <= 100 + 5
     assert all(len(p) <= 100 for p in phrases)
     assert sum(len(p.split()) for p in phrases + s.flush()) == 2000

@@ -10,15 +10,16 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from anchor import AUDIO_OUT, AnchorSettings, Graph, Runtime
-from anchor.config import VocoderName, VoiceName
-from anchor.frames import AudioChunk, EndOfUtterance, Frame, MelChunk
-from anchor.offline import join_audio, render_text, run_stages
-from anchor.quality import word_error_rate
+from anchor.app.offline import join_audio, render_text, run_stages
+from anchor.core.config import AnchorSettings, VocoderName, VoiceName
+from anchor.core.frames import AudioChunk, EndOfUtterance, Frame, MelChunk
+from anchor.core.graph import AUDIO_OUT, Graph
+from anchor.core.resample import resample
+from anchor.core.runtime import Runtime
 from anchor.responders import SayResponder
-from anchor.speech.resample import resample
 from anchor.speech.vocoder import ChunkedVocoder, VocoderStage
 from anchor.speech.voices import resolve_voice
+from anchor.testing.quality import word_error_rate
 from engines.asr.ct2_whisper import CT2Whisper
 from engines.audio.mel import MelConfig, mel_basis, mel_spectrogram
 from engines.voices.piper import JOE_MODEL, PiperVoice, audio_of

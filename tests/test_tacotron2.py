@@ -10,18 +10,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from anchor import AnchorSettings, Runtime
-from anchor.frames import EndOfUtterance, Frame, MelChunk, TextDelta
-from anchor.offline import run_stages
-from anchor.speech.tacotron import Tacotron2TTS
+from anchor.app.offline import run_stages
+from anchor.core.config import AnchorSettings
+from anchor.core.frames import EndOfUtterance, Frame, MelChunk, TextDelta
+from anchor.core.runtime import Runtime
+from anchor.speech.tacotron_stage import Tacotron2TTS
 from engines.backends.ort_backend import OrtBackend
 from engines.backends.torch_backend import TorchBackend
+from engines.errors import WeightsError
 from engines.export import export_onnx
 from engines.models.tacotron2 import Tacotron2
 from engines.spec import relative_error
-from engines.voices.tacotron2 import load_tacotron2, tacotron2_specs
+from engines.voices.tacotron2_parts import load_tacotron2, tacotron2_specs
 from engines.voices.tacotron_text import SYMBOLS, text_to_ids
-from engines.weights import WeightsError, WeightsSource
+from engines.weights import WeightsSource
 
 STEPS = 30
 

@@ -9,22 +9,22 @@ import numpy as np
 import pytest
 import torch
 
-from anchor.train.acoustic import train_acoustic
+from anchor.train.acoustic_trainer import train_acoustic
 from anchor.train.corpus import HELD_OUT, build_corpus, read_corpus
 from anchor.train.export import export_weights
-from anchor.train.loop import Budget
-from anchor.train.mouth_gan import train_mouth
-from anchor.train.pitch import load_pitch_head, train_pitch
+from anchor.train.loop import Budget, TrainJob
+from anchor.train.mouth_gan_trainer import train_mouth
+from anchor.train.pitch_trainer import load_pitch_head, train_pitch
 from anchor.train.speech_data import HOP, SpeechShard, speech_shards, synthesize
 from anchor.train.vocoded import vocode, vocoded_audio
-from anchor.train.waveglow import SAMPLE_SIGMA, SMALL, spectral_loss, train_waveglow, trainable
+from anchor.train.waveglow_trainer import SAMPLE_SIGMA, SMALL, spectral_loss, train_waveglow, trainable
 from engines.audio.mel import mel_spectrogram
+from engines.errors import WeightsError
 from engines.face.mouth_gan import load_mouth_gan
 from engines.models.fastspeech import AcousticConfig, FastSpeech
-from engines.vocoders.waveglow import declared_sigma, declares_source, load_waveglow
-from engines.voices.acoustic import ACOUSTIC_WEIGHTS, load_acoustic
+from engines.vocoders.waveglow_checkpoints import declared_sigma, declares_source, load_waveglow
+from engines.voices.acoustic_parts import ACOUSTIC_WEIGHTS, load_acoustic
 from engines.voices.piper import JOE_MODEL, PiperVoice
-from engines.weights import WeightsError
 
 TINY = AcousticConfig(dim=32, heads=2, encoder_layers=1, decoder_channels=32, postnet_channels=32)
 
@@ -106,16 +106,17 @@ def test_each_trainer_runs_resumes_and_exports_a_checkpoint_its_loader_reads(
 ) -> None:
     budget = Budget(steps=2, minutes=5, save_every=1, log_every=1)
     runs = tmp_path / "runs"
-    train_acoustic(data, runs, budget, device="cpu", batch=2, config=TINY)
-    train_waveglow(data, runs, budget, device="cpu", batch=2, frames=16, nll_weight=0.1)
-    train_mouth(data, runs, budget, device="cpu", batch=2, width=16)
+    job = TrainJob(data, runs, budget, device="cpu", batch=2)
+    train_acoustic(job, config=TINY)
+    train_waveglow(job, frames=16, nll_weight=0.1)
+    train_mouth(job, width=16)
     for name in ("acoustic", "waveglow", "mouth"):
         rows = [json.loads(line) for line in (runs / f"{name}.jsonl").read_text().splitlines()]
         assert [r["step"] for r in rows] == [1, 2]
         assert all(np.isfinite(v) for r in rows for k, v in r.items())
         assert (runs / f"{name}.png").stat().st_size > 1000
     longer = Budget(steps=3, minutes=5, save_every=1, log_every=1)
-    train_acoustic(data, runs, longer, device="cpu", batch=2, config=TINY)  # resumes at step 2
+    train_acoustic(TrainJob(data, runs, longer, device="cpu", batch=2), config=TINY)  # resumes at step 2
     assert [json.loads(line)["step"] for line in (runs / "acoustic.jsonl").read_text().splitlines()] == [
         1,
         2,
@@ -133,13 +134,8 @@ def test_each_trainer_runs_resumes_and_exports_a_checkpoint_its_loader_reads(
     assert declared_sigma(shipped["waveglow"]) == SAMPLE_SIGMA, "samples are drawn at the trained sigma"
     again = tmp_path / "again"
     train_waveglow(
-        data,
-        again,
-        Budget(steps=1, minutes=5),
-        device="cpu",
-        batch=2,
+        TrainJob(data, again, Budget(steps=1, minutes=5), device="cpu", batch=2, seed=1),
         frames=16,
-        seed=1,
         target="teacher",
         init=shipped["waveglow"],
     )
@@ -157,7 +153,7 @@ def test_each_trainer_runs_resumes_and_exports_a_checkpoint_its_loader_reads(
 
 def test_a_source_filter_waveglow_trains_on_a_pitch_head_and_ships_it(data: Path, tmp_path: Path) -> None:
     budget = Budget(steps=2, minutes=5, save_every=1, log_every=1)
-    head = train_pitch(data, tmp_path / "pitch", budget, device="cpu", batch=2)
+    head = train_pitch(TrainJob(data, tmp_path / "pitch", budget, device="cpu", batch=2))
     assert [
         json.loads(line)["step"] for line in (tmp_path / "pitch" / "pitch.jsonl").read_text().splitlines()
     ] == [
@@ -165,11 +161,7 @@ def test_a_source_filter_waveglow_trains_on_a_pitch_head_and_ships_it(data: Path
         2,
     ]
     out = train_waveglow(
-        data,
-        tmp_path / "wg",
-        budget,
-        device="cpu",
-        batch=2,
+        TrainJob(data, tmp_path / "wg", budget, device="cpu", batch=2),
         frames=16,
         target="teacher",
         wave_weight=0.0,

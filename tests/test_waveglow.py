@@ -15,10 +15,17 @@ from torch.nn.utils import weight_norm
 
 from engines.backends.ort_backend import OrtBackend
 from engines.backends.torch_backend import TorchBackend
+from engines.errors import WeightsError
 from engines.export import export_onnx
 from engines.spec import relative_error
-from engines.vocoders.waveglow import PUBLISHED_SIGMA, Denoiser, declared_sigma, load_waveglow, waveglow_spec
-from engines.weights import WeightsError, WeightsSource
+from engines.vocoders.waveglow_checkpoints import (
+    PUBLISHED_SIGMA,
+    Denoiser,
+    declared_sigma,
+    load_waveglow,
+    waveglow_spec,
+)
+from engines.weights import WeightsSource
 
 SMALL = {"n_mel_channels": 80, "n_flows": 6, "n_group": 8, "n_early_every": 2, "n_early_size": 2}
 SMALL_WN = {"n_layers": 3, "n_channels": 16, "kernel_size": 3}

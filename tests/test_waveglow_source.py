@@ -10,18 +10,18 @@ import numpy as np
 import pytest
 import torch
 
+from anchor.app.offline import run_stages
 from anchor.bench.listeners import pitch_track
-from anchor.config import AnchorSettings, VoiceSettings
-from anchor.frames import AudioChunk, EndOfUtterance, MelChunk
-from anchor.offline import run_stages
-from anchor.runtime import Runtime
-from anchor.speech.resample import resample
+from anchor.core.config import AnchorSettings, VoiceSettings
+from anchor.core.frames import AudioChunk, EndOfUtterance, MelChunk
+from anchor.core.resample import resample
+from anchor.core.runtime import Runtime
 from anchor.speech.vocoder import waveglow_stage
 from anchor.speech.voices import resolve_voice
-from anchor.train.waveglow import export_waveglow, trainable
+from anchor.train.waveglow_trainer import export_waveglow, trainable
 from engines.models.source import F0_REF, PitchHead, excitation, frame_starts
 from engines.models.waveglow import WN, WaveGlow, WaveGlowConfig
-from engines.vocoders.waveglow import declares_source, load_waveglow
+from engines.vocoders.waveglow_checkpoints import declares_source, load_waveglow
 
 HOP, RATE = 256, 22050
 
@@ -157,7 +157,7 @@ async def test_a_source_waveglow_streams_without_a_seam_in_its_pulse_train(tmp_p
 
 
 def test_small_waveglows_load_folded_and_the_public_size_does_not() -> None:
-    from engines.vocoders.waveglow import FOLD_LIMIT
+    from engines.vocoders.waveglow_checkpoints import FOLD_LIMIT
     from engines.weights import WeightsSource
 
     assert load_waveglow(WeightsSource.project("waveglow.pt").resolve()).folded is not None

@@ -17,9 +17,9 @@ import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
-from anchor.cli import main
-from anchor.frames import AudioChunk, Frame
-from anchor.stage import Stage
+from anchor.app.cli import main
+from anchor.core.frames import AudioChunk, Frame
+from anchor.core.stage import Stage
 from streams.auth import TokenAuthority
 from streams.server import close_pc
 from streams.settings import WebRtcSettings
@@ -171,7 +171,7 @@ async def test_offers_need_a_valid_token_for_the_session(edge: Edge) -> None:
 
 
 async def test_bad_requests_get_precise_4xx_and_create_no_peer(edge: Edge) -> None:
-    subscribers = len(edge.session.pacer._subs)
+    subscribers = edge.session.pacer.subscribers
     cases = [
         ({"data": b"{not json"}, 400, "body is not JSON"),
         ({"json": {"sdp": "v=0", "type": "answer"}}, 400, "type must be 'offer'"),
@@ -192,7 +192,7 @@ async def test_bad_requests_get_precise_4xx_and_create_no_peer(edge: Edge) -> No
         edge.url, "/offer", json={"sdp": "v=0"}, headers={"Origin": "https://evil.example"}
     )
     assert (got, reply["error"]) == (403, "origin 'https://evil.example' is not allowed")
-    assert not edge.server.peers and len(edge.session.pacer._subs) == subscribers
+    assert not edge.server.peers and edge.session.pacer.subscribers == subscribers
 
 
 async def test_a_question_to_a_session_that_cannot_answer_is_refused_and_leaves_nothing(edge: Edge) -> None:

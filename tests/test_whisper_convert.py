@@ -12,15 +12,16 @@ import pytest
 import torch
 from faster_whisper.feature_extractor import FeatureExtractor
 
-from anchor import AnchorSettings, Runtime
-from anchor.offline import join_audio, render_text
-from anchor.speech.resample import resample
+from anchor.app.offline import join_audio, render_text
+from anchor.core.config import AnchorSettings
+from anchor.core.resample import resample
+from anchor.core.runtime import Runtime
 from engines.asr.convert import convert_ct2_whisper, ct2_to_openai
 from engines.asr.ct2_reader import CT2Model, read_ct2
 from engines.asr.ct2_whisper import packaged_tiny_en
+from engines.errors import WeightsError
 from engines.models.whisper import load_whisper
 from engines.spec import relative_error
-from engines.weights import WeightsError
 
 MANIFEST = Path(__file__).resolve().parents[2] / "shared" / "reference" / "whisper_tiny_en_state_dict.json"
 

@@ -9,9 +9,9 @@ import ctranslate2
 import numpy as np
 import pytest
 
-from anchor.cli import main
-from anchor.offline import write_wav
-from anchor.quality import word_error_rate
+from anchor.app.cli import main
+from anchor.app.offline import write_wav
+from anchor.testing.quality import word_error_rate
 from engines.asr.alignment import dtw
 from engines.asr.ct2_whisper import CT2Whisper, packaged_tiny_en
 from engines.asr.whisper_parts import TINY_EN, WhisperGreedy, whisper_specs

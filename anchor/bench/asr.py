@@ -11,23 +11,23 @@ torch and onnxruntime (fp32, kv-cache greedy decoding).
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from anchor.app.offline import join_audio, render_text
 from anchor.bench.voices import espeak
-from anchor.config import AnchorSettings
-from anchor.frames import AudioChunk, SpeechStarted, Transcript
+from anchor.core.config import AnchorSettings
+from anchor.core.frames import SpeechStarted, Transcript
+from anchor.core.realtime import RealTimeClock, paced_chunks
+from anchor.core.resample import resample
+from anchor.core.runtime import Runtime
+from anchor.core.stage import StageContext
+from anchor.core.stats import summarize
 from anchor.listen.recognizer import SpeechRecognizer
-from anchor.offline import join_audio, render_text
-from anchor.quality import word_error_rate
-from anchor.runtime import Runtime
-from anchor.speech.resample import resample
-from anchor.stage import StageContext
-from anchor.stats import summarize
+from anchor.testing.quality import word_error_rate
 from engines.asr.ct2_whisper import CT2Whisper, packaged_tiny_en
 from engines.asr.whisper_parts import WhisperGreedy
 
@@ -88,13 +88,11 @@ async def _stream_latency(runtime: Runtime, clips48: list[npt.NDArray[np.float32
     await stage.start(StageContext("bench", runtime.settings, runtime.executor, runtime.engines))
     starts: list[float] = []
     finals: list[float] = []
-    began = time.perf_counter()
+    clock = RealTimeClock(48000)
     try:
-        for i in range(0, len(audio), 960):
-            if (delay := began + i / 48000 - time.perf_counter()) > 0:
-                await asyncio.sleep(delay)
-            async for frame in stage.process(AudioChunk(pcm=audio[i : i + 960], sample_rate=48000, pts=i)):
-                now = time.perf_counter() - began
+        async for chunk in paced_chunks(audio, 48000, clock=clock):
+            async for frame in stage.process(chunk):
+                now = clock.elapsed()
                 if isinstance(frame, SpeechStarted):
                     starts.append(now)
                 elif isinstance(frame, Transcript) and frame.final:

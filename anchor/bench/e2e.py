@@ -17,10 +17,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from anchor.config import AnchorSettings
-from anchor.live import LiveAnchor, while_serving
+from anchor.app.live import LiveAnchor, while_serving
+from anchor.app.settings import AppSettings
+from anchor.core.stats import summarize
 from anchor.speech.voices import Voice
-from anchor.stats import summarize
 
 # stage -> (statistic, limit or None for a reported-only stage, meaning)
 TARGETS: dict[str, tuple[str, float | None, str]] = {
@@ -52,7 +52,8 @@ async def _run_viewer(url: str, rounds: int, size: tuple[int, int], out: Path) -
         raise RuntimeError(f"the synthetic viewer failed with exit code {code}")
 
 
-async def bench_e2e(settings: AnchorSettings, *, rounds: int = 6) -> dict[str, Any]:
+async def bench_e2e(settings: AppSettings, *, rounds: int = 6, report: Path | None = None) -> dict[str, Any]:
+    """The measures and their targets; ``report``: also write e2e.json, e2e.md and the chart there."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "viewer.json"
         news = settings.news.model_copy(update={"database": Path(tmp) / "news.sqlite3"})
@@ -73,13 +74,16 @@ async def bench_e2e(settings: AnchorSettings, *, rounds: int = 6) -> dict[str, A
         )
         met = None if target is None else value is not None and value <= target
         stages[name] = {"meaning": meaning, **summary, "target": {statistic: target, "met": met}}
-    return {
+    result: dict[str, Any] = {
         "rounds": rounds,
         "face": settings.face.driver,
         "voice": Voice(settings.voice.name, settings.voice.vocoder).label,
         "questions": measured["questions"],
         "stages": stages,
     }
+    if report is not None:
+        result["report"] = [str(path) for path in await asyncio.to_thread(write_report, result, report)]
+    return result
 
 
 def markdown(result: dict[str, Any]) -> str:

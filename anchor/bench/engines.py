@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from anchor.stats import summarize
+from anchor.core.stats import summarize
 from engines.engine import open_engine
 from engines.settings import EngineSettings
 from engines.spec import EngineSpec

@@ -7,7 +7,7 @@
 - ``quality``: per portrait and voice (Piper, espeak-ng at three speeds and
   pitches), lip sync judged by MediaPipe's face mesh (``anchor.bench.judge``)
   against the audio envelope, SSIM above the upper lip against the photo,
-  and the mouth's sharpness against the photo's (``anchor.face.measures``).
+  and the mouth's sharpness against the photo's (``anchor.bench.face_measures``).
 - ``first_frame``: audio fed in real time as 20 ms chunks; from the first
   chunk to the first video frame, per driver. It includes waiting for the
   driver's lookahead (``lookahead_ms``), which is the floor.
@@ -29,25 +29,25 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from anchor.app.offline import join_audio, render_text, run_stages
 from anchor.bench.engines import bench_engine
+from anchor.bench.face_measures import identity, lip_sync
 from anchor.bench.judge import MouthJudge
 from anchor.bench.voices import espeak
-from anchor.config import AnchorSettings
+from anchor.core.config import AnchorSettings
+from anchor.core.frames import AudioChunk, EndOfUtterance, Frame, VideoFrame
+from anchor.core.resample import resample
+from anchor.core.runtime import Runtime
+from anchor.core.stage import StageContext
+from anchor.core.stats import summarize
+from anchor.face.face_stage import RATE, AnimatorDriver, FaceDriver, FaceStage
 from anchor.face.landmarks import detect_landmarks
 from anchor.face.look import PortraitLook
-from anchor.face.measures import identity, lip_sync
 from anchor.face.mouth import MouthShape
 from anchor.face.mouth_driver import MouthGanDriver
 from anchor.face.portrait import Image, Portrait, default_image, fit, make_portrait, second_image
 from anchor.face.rig import MouthRig
-from anchor.face.stage import RATE, AnimatorDriver, FaceDriver, FaceStage
 from anchor.face.wav2lip_driver import Wav2LipDriver
-from anchor.frames import AudioChunk, EndOfUtterance, Frame, VideoFrame
-from anchor.offline import join_audio, render_text, run_stages
-from anchor.runtime import Runtime
-from anchor.speech.resample import resample
-from anchor.stage import StageContext
-from anchor.stats import summarize
 from engines.face.mouth_gan import frame_windows, load_mouth_gan
 from engines.face.wav2lip import Wav2Lip, wav2lip_spec
 from engines.weights import WeightsSource

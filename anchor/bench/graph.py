@@ -13,12 +13,12 @@ import platform
 import time
 from typing import Any
 
-from anchor.config import AnchorSettings
-from anchor.fakes import FakeFace, FakeResponder, FakeTTS
-from anchor.graph import AUDIO_OUT, VIDEO_OUT, Graph
-from anchor.pacer import Subscription
-from anchor.runtime import Runtime
-from anchor.stats import summarize
+from anchor.core.config import AnchorSettings
+from anchor.core.graph import AUDIO_OUT, VIDEO_OUT, Graph
+from anchor.core.pacer import Subscription
+from anchor.core.runtime import Runtime
+from anchor.core.stats import summarize
+from anchor.testing.fakes import FakeFace, FakeResponder, FakeTTS
 
 _TEXT = " ".join(f"word{i}" for i in range(24))
 

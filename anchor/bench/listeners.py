@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from anchor.speech.resample import resample
+from anchor.core.resample import resample
 from engines.audio.mel import MelConfig, mel_spectrogram
-from engines.weights import WeightsError
+from engines.errors import WeightsError
 
 RATE = 16000
 #: Pitch frames: 10 ms, F0 searched between 60 and 400 Hz (speech, not song).

@@ -29,18 +29,19 @@ from typing import Any
 
 import numpy as np
 
-from anchor.config import AnchorSettings, LlmSettings
+from anchor.app.live import anchor_graph, default_portrait
+from anchor.core.aio import cancel_and_wait
+from anchor.core.config import AnchorSettings, LlmSettings
+from anchor.core.pacer import Subscription
+from anchor.core.runtime import Runtime
+from anchor.core.session import EventStream, Session
+from anchor.core.stage import StageContext
 from anchor.face.look import PortraitLook
-from anchor.live import anchor_graph, default_portrait
 from anchor.news.desk import NewsDesk
 from anchor.news.store import NewsItem, NewsQueue
-from anchor.pacer import Subscription
 from anchor.responders.answer import Answerer, Responder
 from anchor.responders.llm import LlmAnswerer
-from anchor.runtime import Runtime
-from anchor.session import EventStream, Session
 from anchor.speech.voices import resolve_voice
-from anchor.stage import StageContext
 
 STORY = (
     "Officials confirmed the new schedule on Monday. Trains will run every ten minutes during the day. "
@@ -162,9 +163,7 @@ async def bench_soak(settings: AnchorSettings, *, minutes: float = 10.0, session
                     await asyncio.sleep(10)
                 memory.append((round(time.monotonic() - began, 1), round(_rss_mb(), 1)))
             finally:
-                for task in readers:
-                    task.cancel()
-                await asyncio.gather(*readers, return_exceptions=True)
+                await cancel_and_wait(readers, 5.0)
                 results = []
                 for o in opened:
                     results.append(

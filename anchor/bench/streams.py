@@ -36,18 +36,19 @@ import av
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import VIDEO_TIME_BASE, MediaStreamError, MediaStreamTrack
 
-from anchor.config import AnchorSettings
-from anchor.control import SessionControl
+from anchor.app.mqtt_control import SessionControl
+from anchor.core.aio import cancel_and_wait
+from anchor.core.config import AnchorSettings
+from anchor.core.graph import AUDIO_OUT, VIDEO_OUT, Graph
+from anchor.core.runtime import Runtime
+from anchor.core.session import Session
+from anchor.core.stats import summarize
+from anchor.face.face_stage import AnimatorDriver, FaceStage
 from anchor.face.look import PortraitLook
 from anchor.face.portrait import default_image, fit, make_portrait
 from anchor.face.rig import MouthRig
-from anchor.face.stage import AnimatorDriver, FaceStage
-from anchor.fakes import FakeResponder, FakeTTS
-from anchor.graph import AUDIO_OUT, VIDEO_OUT, Graph
-from anchor.runtime import Runtime
-from anchor.session import Session
-from anchor.stats import summarize
-from streams.ice import allow_loopback_candidates
+from anchor.testing.fakes import FakeResponder, FakeTTS
+from streams.aiortc_compat import allow_loopback_candidates
 from streams.mqtt import NO_DELAY, MqttControl
 from streams.server import close_pc
 from streams.settings import MqttSettings
@@ -151,9 +152,7 @@ async def _viewers_step(session: Session, count: int, duration_s: float) -> dict
         gaps = [audio_gaps(r.audio_pts[a0:]) for r, (_, a0) in zip(receivers, start, strict=True)]
     finally:
         for receiver in receivers:
-            for task in receiver.tasks:
-                task.cancel()
-            await asyncio.gather(*receiver.tasks, return_exceptions=True)
+            await cancel_and_wait(receiver.tasks, 5.0)
             await close_pc(receiver.pc)
         for sender, (feed, _) in senders:
             await close_pc(sender)
@@ -178,9 +177,7 @@ async def _latency(session: Session, seconds: float) -> dict[str, Any]:
     try:
         await asyncio.sleep(seconds)
     finally:
-        for task in receiver.tasks:
-            task.cancel()
-        await asyncio.gather(*receiver.tasks, return_exceptions=True)
+        await cancel_and_wait(receiver.tasks, 5.0)
         await close_pc(receiver.pc)
         await close_pc(sender)
         session.unsubscribe(feed)
@@ -261,13 +258,14 @@ async def _mqtt_round_trip(session: Session, rounds: int) -> dict[str, Any]:
 
 
 async def bench_streams(
+    settings: AnchorSettings,
     *,
     duration_s: float = 120.0,
     max_viewers: int = 16,
-    size: int = 512,
     latency_s: float = 20.0,
     mqtt_rounds: int = 200,
 ) -> dict[str, Any]:
+    size = settings.media.width
     allow_loopback_candidates()
     result: dict[str, Any] = {"bench": "streams", "size": size, "fps": 25, "step_seconds": duration_s}
     async with _anchor(size) as session:

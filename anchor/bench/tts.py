@@ -23,15 +23,15 @@ from typing import Any
 
 import numpy as np
 
-from anchor.config import AnchorSettings
-from anchor.frames import AudioChunk, EndOfUtterance, Frame, MelChunk, TextDelta
-from anchor.offline import run_stages
-from anchor.runtime import Runtime
+from anchor.app.offline import run_stages
+from anchor.core.config import AnchorSettings
+from anchor.core.frames import AudioChunk, EndOfUtterance, Frame, MelChunk, TextDelta
+from anchor.core.runtime import Runtime
+from anchor.core.stage import Stage
+from anchor.core.stats import summarize
 from anchor.speech.normalize import normalize
 from anchor.speech.vocoder import VocoderStage, waveglow_declared, waveglow_stage
 from anchor.speech.voices import Voice
-from anchor.stage import Stage
-from anchor.stats import summarize
 from engines.audio.mel import mel_spectrogram
 from engines.engine import Engine
 from engines.voices.piper import JOE_MODEL, PiperVoice, audio_of

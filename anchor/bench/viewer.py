@@ -46,15 +46,16 @@ import numpy as np
 import numpy.typing as npt
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, MediaStreamTrack
-from aiortc.rtp import RtcpSrPacket
 
 from anchor.bench.voices import espeak
+from anchor.core.aio import cancel_and_wait
+from anchor.core.realtime import RealTimeClock
+from anchor.core.resample import resample
 from anchor.face.animator import mouth_opening
 from anchor.face.look import PortraitLook
 from anchor.face.portrait import Portrait, default_image, fit, make_portrait
-from anchor.quality import best_lag
-from anchor.speech.resample import resample
-from streams.ice import allow_loopback_candidates
+from anchor.testing.quality import best_lag
+from streams.aiortc_compat import allow_loopback_candidates, on_sender_report, rtp_origin
 
 QUESTIONS = [
     "Who are you?",
@@ -76,7 +77,7 @@ class Mouthpiece(AudioStreamTrack):
         self._clip = np.zeros(0, dtype=np.int16)
         self._pos = 0
         self._sent = 0
-        self._t0 = 0.0
+        self._clock = RealTimeClock(48000)
         self.finished = asyncio.Event()
         self.ended_at = 0.0
 
@@ -86,9 +87,7 @@ class Mouthpiece(AudioStreamTrack):
         self.finished.clear()
 
     async def recv(self) -> av.AudioFrame:
-        if self._sent == 0:
-            self._t0 = time.monotonic()
-        await asyncio.sleep(max(0.0, self._t0 + self._sent / 48000 - time.monotonic()))
+        await self._clock.until(self._sent)
         block = np.zeros(960, dtype=np.int16)
         if self._pos < len(self._clip):
             part = self._clip[self._pos : self._pos + 960]
@@ -115,9 +114,7 @@ def idle_opening_limit(portrait: Portrait, seconds: float = 30.0, margin: float 
 class SenderClock:
     """Decoded frame pts -> sender wall time per media kind, from the latest RTCP sender report.
 
-    aiortc keeps both halves of that mapping to itself: sender reports are
-    read on their way into the receiver, and decoded pts count from the
-    first frame's RTP timestamp, which its timestamp mapper holds.
+    aiortc keeps both halves of that mapping to itself (``streams.aiortc_compat``).
     """
 
     RATES: ClassVar[dict[str, int]] = {"audio": 48000, "video": 90000}
@@ -127,25 +124,21 @@ class SenderClock:
         self.receivers: dict[str, RTCRtpReceiver] = {}
 
     def listen(self, receiver: RTCRtpReceiver, kind: str) -> None:
-        handle = receiver._handle_rtcp_packet
         self.receivers[kind] = receiver
 
-        async def noted(packet: Any) -> None:
-            if isinstance(packet, RtcpSrPacket):
-                info = packet.sender_info
-                self.reports[kind] = (info.ntp_timestamp / 2**32, info.rtp_timestamp)
-            await handle(packet)
+        def noted(ntp: float, rtp: int) -> None:
+            self.reports[kind] = (ntp, rtp)
 
-        receiver._handle_rtcp_packet = noted  # type: ignore[method-assign]
+        on_sender_report(receiver, noted)
 
     def seconds(self, kind: str, pts: int) -> float | None:
         report = self.reports.get(kind)
-        mapper = getattr(self.receivers.get(kind), "_RTCRtpReceiver__timestamp_mapper", None)
-        origin = getattr(mapper, "_origin", None)
+        receiver = self.receivers.get(kind)
+        origin = None if receiver is None else rtp_origin(receiver)
         if report is None or origin is None:
             return None
         ntp, base = report
-        delta = (int(origin) + pts - base + 2**31) % 2**32 - 2**31
+        delta = (origin + pts - base + 2**31) % 2**32 - 2**31
         return ntp + delta / self.RATES[kind]
 
 
@@ -321,9 +314,7 @@ async def measure(url: str, rounds: int, size: tuple[int, int]) -> dict[str, Any
                 await viewer.settle(1.0)
         finally:
             await pc.close()
-            for reader in readers:
-                reader.cancel()
-            await asyncio.gather(*readers, return_exceptions=True)
+            await cancel_and_wait(readers, 5.0)
     return {"rounds": rounds, "questions": QUESTIONS, "samples": results}
 
 

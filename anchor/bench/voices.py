@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from anchor.offline import read_wav
-from anchor.speech.resample import resample
+from anchor.app.offline import read_wav
+from anchor.core.resample import resample
 
 
 def espeak(text: str, speed: int, pitch: int) -> npt.NDArray[np.float32]:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
+from anchor.face.face_stage import AnimatorDriver, FaceDriver
 from anchor.face.mouth_driver import MouthGanDriver
 from anchor.face.portrait import Portrait
 from anchor.face.rig import MouthRig
-from anchor.face.stage import AnimatorDriver, FaceDriver
 from anchor.face.wav2lip_driver import Wav2LipDriver
 
 DriverName = Literal["gan", "wav2lip", "animator"]

@@ -54,7 +54,7 @@ class PortraitLook:
         self.portrait = portrait
         self.fade_frames = fade_frames
         self.motion = motion
-        self._onsets = _blink_times(seed)
+        self.blink_onsets = _blink_times(seed)
         self._last_spoken: Image | None = None
         self._since_spoken = 0
         self._eyes = [_EyeLid(portrait.image, eye) for eye in portrait.eyes]
@@ -82,7 +82,7 @@ class PortraitLook:
         return self._move(image, t)
 
     def _move(self, image: Image, t: float) -> Image:
-        closure = blink_closure(t, self._onsets)
+        closure = blink_closure(t, self.blink_onsets)
         if closure > 0.02:
             image = image.copy()
             for lid in self._eyes:

@@ -18,12 +18,12 @@ from fractions import Fraction
 import numpy as np
 import numpy.typing as npt
 
+from anchor.core.stage import StageContext
+from anchor.face.face_stage import RATE, FaceTrack, Heard, looped
 from anchor.face.mouth import MouthShape
 from anchor.face.portrait import Image, Portrait
 from anchor.face.rig import MouthRig
-from anchor.face.stage import RATE, FaceTrack, Heard, looped
 from anchor.face.visemes import TRANSPARENT, Effort, Timed, mouth_track, with_effort
-from anchor.stage import StageContext
 from engines.face.mouth_gan import MAX_HISTORY_SAMPLES, MOUTH_GAN, frame_windows, lookahead_samples
 
 

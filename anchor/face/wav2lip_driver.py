@@ -20,10 +20,10 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from anchor.core.stage import StageContext
+from anchor.face.face_stage import FaceTrack, Heard, looped
 from anchor.face.portrait import Box, Image, Portrait, feathered_mask, paste
-from anchor.face.stage import FaceTrack, Heard, looped
 from anchor.face.visemes import Timed
-from anchor.stage import StageContext
 from engines.face.wav2lip import FACE_SIZE, lookahead_samples, streaming_windows
 
 ENGINE = "wav2lip"

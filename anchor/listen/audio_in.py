@@ -7,8 +7,8 @@ import logging
 import numpy as np
 import numpy.typing as npt
 
-from anchor.frames import AudioChunk
-from anchor.speech.resample import StreamingResampler
+from anchor.core.frames import AudioChunk
+from anchor.core.resample import StreamingResampler
 
 log = logging.getLogger(__name__)
 

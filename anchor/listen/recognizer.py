@@ -28,11 +28,11 @@ from collections.abc import AsyncGenerator
 import numpy as np
 import numpy.typing as npt
 
-from anchor.aio import cancel_and_wait
-from anchor.frames import AudioChunk, Frame, SpeechStarted, Transcript, WordTiming
+from anchor.core.aio import cancel_and_wait
+from anchor.core.frames import AudioChunk, Frame, SpeechStarted, Transcript, WordTiming
+from anchor.core.stage import Stage, StageContext
 from anchor.listen.audio_in import InputConditioner
 from anchor.listen.vad import RATE, VadSegmenter
-from anchor.stage import Stage, StageContext
 from engines.asr.ct2_whisper import CT2Whisper, Recognition
 
 PRE_ROLL_S = 0.3
@@ -86,7 +86,7 @@ class SpeechRecognizer(Stage):
         self.max_utterance_s = max_utterance_s
         self.vad_end_ms = vad_end_ms
         self._asr: CT2Whisper | None = None
-        self._conditioner = InputConditioner(RATE)
+        self.conditioner = InputConditioner(RATE)
         self._vad: VadSegmenter | None = None
         self._audio = np.zeros(0, dtype=np.float32)  # 16 kHz: pre-roll, then the utterance
         self._audio_start = 0  # stream sample index of _audio[0]
@@ -99,6 +99,11 @@ class SpeechRecognizer(Stage):
         self._decoding: asyncio.Task[Recognition] | None = None
         # A final decoded speculatively from where the speaker went quiet: (end sample, task).
         self._speculation: tuple[int, asyncio.Task[Recognition]] | None = None
+
+    @property
+    def buffered_samples(self) -> int:
+        """16 kHz audio held now: the pre-roll when idle, the utterance while someone speaks."""
+        return len(self._audio)
 
     async def start(self, ctx: StageContext) -> None:
         await super().start(ctx)
@@ -120,7 +125,7 @@ class SpeechRecognizer(Stage):
             yield frame
             return
         assert self._vad is not None
-        audio = self._conditioner(frame)
+        audio = self.conditioner(frame)
         events = self._vad.feed(audio) if len(audio) else []
         self._audio = np.concatenate([self._audio, audio])
         self._stream += len(audio)

@@ -20,10 +20,10 @@ import logging
 import time
 from dataclasses import dataclass
 
+from anchor.core.recent import RecentIds
+from anchor.core.session import EventStream, Session, SessionEvent
 from anchor.news.store import NewsError, NewsItem, NewsQueue, StoredItem
-from anchor.session import EventStream, Session, SessionEvent
 from anchor.speech.phrases import sentences
-from anchor.utterances import RecentIds
 
 log = logging.getLogger(__name__)
 

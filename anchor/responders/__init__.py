@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 
-from anchor.frames import EndOfUtterance, Frame, Say, TextDelta
-from anchor.stage import Stage
+from anchor.core.frames import EndOfUtterance, Frame, Say, TextDelta
+from anchor.core.stage import Stage
 
 
 class SayResponder(Stage):

@@ -17,8 +17,8 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from anchor.frames import Ask, EndOfUtterance, Frame, Say, TextDelta
-from anchor.stage import Stage, StageContext
+from anchor.core.frames import Ask, EndOfUtterance, Frame, Say, TextDelta
+from anchor.core.stage import Stage, StageContext
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from anchor.core.stage import StageContext
 from anchor.responders.answer import Turn
-from anchor.stage import StageContext
 from engines.text.embedder import SentenceEmbedder
 
 log = logging.getLogger(__name__)

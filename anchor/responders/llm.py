@@ -24,9 +24,10 @@ from typing import Any
 
 import aiohttp
 
-from anchor.config import LlmSettings
+from anchor.core.backoff import Backoff
+from anchor.core.config import LlmSettings
+from anchor.core.stage import StageContext
 from anchor.responders.answer import Turn
-from anchor.stage import StageContext
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,7 @@ class LlmAnswerer:
             "max_tokens": s.max_tokens,
             "temperature": s.temperature,
         }
+        backoff = Backoff(0.25, 2.0)
         for attempt in range(s.retries + 1):
             started = False
             try:
@@ -98,7 +100,7 @@ class LlmAnswerer:
             except LlmError as exc:
                 if started or not exc.retryable or attempt == s.retries:
                     raise
-                delay = min(0.25 * 2**attempt, 2.0)
+                delay = backoff.next_delay()
                 log.warning("llm: %s; retry %d of %d in %.2f s", exc, attempt + 1, s.retries, delay)
                 await asyncio.sleep(delay)
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from anchor.frames import EndOfUtterance, Frame, MelChunk, Phonemes, TextDelta
+from anchor.core.frames import EndOfUtterance, Frame, MelChunk, Phonemes, TextDelta
+from anchor.core.stage import Stage
 from anchor.speech.phrases import PhraseSplitter
-from anchor.stage import Stage
 
 HOP = 256
 RATE = 22050

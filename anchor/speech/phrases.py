@@ -91,6 +91,11 @@ class PhraseSplitter:
         self._buffer = ""
         self._emitted = 0
 
+    @property
+    def buffered_chars(self) -> int:
+        """Text received and not yet cut into a phrase."""
+        return len(self._buffer)
+
     def feed(self, text: str) -> list[str]:
         """Add streamed text; return the phrases it completed."""
         self._buffer += text

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from anchor.config import AnchorSettings
-from anchor.frames import AudioChunk, EndOfUtterance, Frame, MelChunk
-from anchor.speech.resample import StreamingResampler
-from anchor.stage import Stage, StageContext
+from anchor.core.config import AnchorSettings
+from anchor.core.frames import AudioChunk, EndOfUtterance, Frame, MelChunk
+from anchor.core.resample import StreamingResampler
+from anchor.core.stage import Stage, StageContext
 
 #: ``vocode(window, keep)``: audio for every frame of the mel ``window``; ``keep`` is the range of its
 #: frames whose audio will be used (the rest is context).
@@ -273,7 +273,7 @@ class WaveGlowDeclared:
 def waveglow_declared(settings: AnchorSettings) -> WaveGlowDeclared:
     """Blocking: reads the configured WaveGlow checkpoint."""
     from engines.registry import catalog
-    from engines.vocoders.waveglow import declared_sigma, declares_source
+    from engines.vocoders.waveglow_checkpoints import declared_sigma, declares_source
 
     path = catalog(settings.engines)["waveglow"].weights.resolve()
     return WaveGlowDeclared(declared_sigma(path), declares_source(path))

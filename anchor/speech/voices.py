@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from anchor.config import AnchorSettings, VocoderName, VoiceName
-from anchor.stage import Stage
+from anchor.core.config import AnchorSettings, VocoderName, VoiceName
+from anchor.core.stage import Stage
 
 
 @dataclass(frozen=True)
@@ -28,11 +28,11 @@ class Voice:
     def stages(self) -> list[Stage]:
         """Text in, ``AudioChunk``s out of the last stage."""
         if self.name == "piper":
-            from anchor.speech.tts import PiperTTS
+            from anchor.speech.piper_stage import PiperTTS
 
             return [PiperTTS()]
-        from anchor.speech.acoustic import AcousticTTS
-        from anchor.speech.tacotron import Tacotron2TTS
+        from anchor.speech.acoustic_stage import AcousticTTS
+        from anchor.speech.tacotron_stage import Tacotron2TTS
         from anchor.speech.vocoder import VocoderStage, waveglow_stage
 
         acoustic: Stage = Tacotron2TTS() if self.tacotron else AcousticTTS()

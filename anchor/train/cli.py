@@ -6,9 +6,12 @@ import argparse
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from anchor.config import ConfigError
-from anchor.train.loop import Budget
+from anchor.core.config import ConfigError
+
+if TYPE_CHECKING:
+    from anchor.train.loop import Budget
 
 DEFAULT_DATA = Path("~/.cache/virtual-anchor/train-data")
 DEFAULT_RUNS = Path("~/.cache/virtual-anchor/train-runs")
@@ -53,16 +56,19 @@ def _data_vocoded(args: argparse.Namespace) -> int:
 
 
 def _budget(args: argparse.Namespace) -> Budget:
+    from anchor.train.loop import Budget
+
     return Budget(
         steps=args.steps, minutes=args.minutes, save_every=args.save_every, log_every=args.log_every
     )
 
 
 def _train(args: argparse.Namespace) -> int:
-    from anchor.train.acoustic import train_acoustic
-    from anchor.train.mouth_gan import train_mouth
-    from anchor.train.pitch import train_pitch
-    from anchor.train.waveglow import train_waveglow
+    from anchor.train.acoustic_trainer import train_acoustic
+    from anchor.train.loop import TrainJob
+    from anchor.train.mouth_gan_trainer import train_mouth
+    from anchor.train.pitch_trainer import train_pitch
+    from anchor.train.waveglow_trainer import train_waveglow
 
     trainers: dict[str, Callable[..., Path]] = {
         "acoustic": train_acoustic,
@@ -70,7 +76,7 @@ def _train(args: argparse.Namespace) -> int:
         "mouth": train_mouth,
         "pitch": train_pitch,
     }
-    extra: dict[str, object] = {"batch": args.batch} if args.batch else {}
+    extra: dict[str, object] = {}
     if getattr(args, "init", None) is not None:
         extra["init"] = args.init.expanduser()
     for option in ("target", "wave_weight"):
@@ -79,9 +85,10 @@ def _train(args: argparse.Namespace) -> int:
     if getattr(args, "pitch", None) is not None:
         extra["pitch"] = args.pitch.expanduser()
     try:
-        path = trainers[args.model](
-            args.data.expanduser(), args.out.expanduser(), _budget(args), device=args.device, **extra
+        job = TrainJob(
+            args.data.expanduser(), args.out.expanduser(), _budget(args), device=args.device, batch=args.batch
         )
+        path = trainers[args.model](job, **extra)
     except (FileNotFoundError, ValueError) as exc:
         raise ConfigError(str(exc)) from None
     print(f"wrote {path}")
@@ -97,7 +104,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _gate(args: argparse.Namespace) -> int:
-    from anchor.config import load_settings
+    from anchor.app.settings import load_settings
     from anchor.train.gates import DIAGNOSTIC_PATHS, MOS_MARGIN, PITCH_CORRELATION, WER_GATE, listening_gate
 
     paths = tuple(dict.fromkeys(["piper", *(args.path or ["mel+hifigan", "mel+waveglow"])]))

@@ -29,8 +29,8 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from anchor.quality import word_error_rate
 from anchor.speech.normalize import normalize
+from anchor.testing.quality import word_error_rate
 from anchor.train.corpus import HELD_OUT
 
 MOS_MARGIN = 0.3
@@ -123,7 +123,7 @@ class VoicePaths:
 
     def __init__(self, acoustic: Path | None, waveglow: Path | None) -> None:
         from anchor.train.speech_data import TEACHER_SCALES, teacher_session
-        from engines.voices.acoustic import ACOUSTIC_WEIGHTS
+        from engines.voices.acoustic_parts import ACOUSTIC_WEIGHTS
         from engines.voices.piper import JOE_MODEL, PiperVoice
         from engines.weights import WeightsSource
 
@@ -156,7 +156,7 @@ class VoicePaths:
 
     def _vocode(self, vocoder: str, mel: torch.Tensor) -> npt.NDArray[np.float32]:
         from engines.registry import hifigan_spec, load_hifigan
-        from engines.vocoders.waveglow import declared_sigma, load_waveglow
+        from engines.vocoders.waveglow_checkpoints import declared_sigma, load_waveglow
 
         with torch.inference_mode():
             if vocoder == "waveglow":
@@ -172,7 +172,7 @@ class VoicePaths:
         return np.asarray(audio.reshape(-1).numpy(), dtype=np.float32)
 
     def mel_audio(self, text: str, vocoder: str) -> npt.NDArray[np.float32]:
-        from engines.voices.acoustic import load_acoustic, mel_of
+        from engines.voices.acoustic_parts import load_acoustic, mel_of
 
         if self._acoustic is None:
             self._acoustic = load_acoustic(self._acoustic_path)

@@ -9,6 +9,7 @@ stopped (or a lent GPU that goes back) resumes where it was saved.
 from __future__ import annotations
 
 import json
+import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -24,6 +25,30 @@ class Budget:
     minutes: float
     save_every: int = 500
     log_every: int = 50
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """What every trainer is given: its data, where its run goes, for how long, on what, from which seed.
+
+    ``batch`` and ``lr`` of None take the trainer's own defaults.
+    """
+
+    data: Path
+    out: Path
+    budget: Budget
+    device: str = "auto"
+    batch: int | None = None
+    lr: float | None = None
+    seed: int = 0
+
+    def begin(self) -> tuple[torch.device, random.Random]:
+        """Seed torch; the device asked for and a Python RNG seeded the same way."""
+        torch.manual_seed(self.seed)
+        return pick_device(self.device), random.Random(self.seed)
+
+    def run(self, name: str) -> Run:
+        return Run(self.out, name, self.budget)
 
 
 def pick_device(name: str) -> torch.device:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from engines.asr.ct2_reader import CT2Model, read_ct2
-from engines.weights import WeightsError
+from engines.errors import WeightsError
 
 
 def _t(array: np.ndarray) -> torch.Tensor:

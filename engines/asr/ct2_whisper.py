@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from engines.weights import WeightsError
+from engines.errors import WeightsError
 
 SAMPLE_RATE = 16000
 

@@ -1,7 +1,9 @@
 """Log-mel spectrograms exactly as Tacotron 2, WaveGlow and HiFi-GAN compute them.
 
 22050 Hz, n_fft 1024, hop 256, Hann window 1024, 80 Slaney mel bands from
-0 to 8000 Hz (librosa's default basis), STFT magnitude (not power), natural
+0 to 8000 Hz (librosa's default basis; ``scale="htk"`` gives HTK's mel scale
+with the same area normalisation, as ``librosa.filters.mel(htk=True)`` does,
+for models trained on it), STFT magnitude (not power), natural
 log of the magnitude clamped at 1e-5. The two framings differ: Tacotron 2 /
 WaveGlow centre frames (reflect-pad n_fft/2, ``1 + T//hop`` frames); HiFi-GAN
 reflect-pads (n_fft - hop)/2 and does not centre (``T//hop`` frames).
@@ -18,6 +20,7 @@ import numpy.typing as npt
 import torch
 
 Framing = Literal["tacotron", "hifigan"]
+MelScale = Literal["slaney", "htk"]
 
 
 @dataclass(frozen=True)
@@ -30,17 +33,22 @@ class MelConfig:
     fmin: float = 0.0
     fmax: float = 8000.0
     clip: float = 1e-5
+    scale: MelScale = "slaney"
 
 
-def _hz_to_mel(hz: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    """Slaney's scale: linear below 1 kHz, logarithmic above."""
+def _hz_to_mel(hz: npt.NDArray[np.float64], scale: MelScale) -> npt.NDArray[np.float64]:
+    """Slaney's scale: linear below 1 kHz, logarithmic above; HTK's: 2595 log10(1 + hz / 700)."""
+    if scale == "htk":
+        return np.asarray(2595.0 * np.log10(1.0 + hz / 700.0), dtype=np.float64)
     mel = hz * 3 / 200
     log_part = hz >= 1000
     mel[log_part] = 15 + np.log(hz[log_part] / 1000) * 27 / np.log(6.4)
     return mel
 
 
-def _mel_to_hz(mel: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+def _mel_to_hz(mel: npt.NDArray[np.float64], scale: MelScale) -> npt.NDArray[np.float64]:
+    if scale == "htk":
+        return np.asarray(700.0 * (10.0 ** (mel / 2595.0) - 1.0), dtype=np.float64)
     hz = mel * 200 / 3
     log_part = mel >= 15
     hz[log_part] = 1000 * np.exp((mel[log_part] - 15) * np.log(6.4) / 27)
@@ -51,8 +59,8 @@ def _mel_to_hz(mel: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
 def mel_basis(config: MelConfig) -> npt.NDArray[np.float32]:
     """``[n_mels, n_fft//2 + 1]`` triangular filters, Slaney-normalised (librosa ``norm='slaney'``)."""
     fft_hz = np.linspace(0, config.sample_rate / 2, config.n_fft // 2 + 1)
-    low, high = _hz_to_mel(np.array([config.fmin, config.fmax], dtype=np.float64))
-    edges = _mel_to_hz(np.linspace(float(low), float(high), config.n_mels + 2))
+    low, high = _hz_to_mel(np.array([config.fmin, config.fmax], dtype=np.float64), config.scale)
+    edges = _mel_to_hz(np.linspace(float(low), float(high), config.n_mels + 2), config.scale)
     widths = np.diff(edges)
     ramps = edges[:, None] - fft_hz[None, :]
     lower = -ramps[:-2] / widths[:-1, None]

@@ -4,7 +4,7 @@ It predicts ``(open, width, round)`` for the mouth rig from the sound alone,
 for speech whose phonemes we do not know (a viewer's microphone, ``anchor
 lipsync FILE``). It was trained against the phoneme teacher
 (``anchor.face.visemes``) with a temporal discriminator
-(``anchor.train.mouth_gan``); its checkpoint is ours:
+(``anchor.train.mouth_gan_trainer``); its checkpoint is ours:
 ``{'state_dict', 'config': {'width'}, 'step'}``.
 
 Windows are centred on the frame: 16 mel frames (Wav2Lip's mel: 16 kHz, hop
@@ -24,9 +24,10 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+from engines.errors import WeightsError
 from engines.face.wav2lip import _MEL, HOP, MEL_FPS, MEL_WINDOW, SAMPLE_RATE, Wav2LipMel, _log_mel
 from engines.spec import Dim, EngineSpec, TensorSpec
-from engines.weights import StateDict, WeightsError, WeightsSource, check_state_dict, read_checkpoint
+from engines.weights import StateDict, WeightsSource, check_state_dict, read_checkpoint
 
 MOUTH_GAN = "mouth-gan"
 SHAPE = 3  # open, width, round

@@ -23,10 +23,10 @@ import torch
 from torch import nn
 
 from engines.audio.mel import MelConfig, mel_basis
+from engines.errors import WeightsError
 from engines.spec import Dim, EngineSpec, TensorSpec
 from engines.weights import (
     StateDict,
-    WeightsError,
     WeightsSource,
     check_state_dict,
     read_checkpoint_or_module,

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engines.weights import WeightsError, check_state_dict, read_checkpoint
+from engines.errors import WeightsError
+from engines.weights import check_state_dict, read_checkpoint
 
 
 @dataclass(frozen=True)

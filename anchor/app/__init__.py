@@ -1,0 +1,1 @@
+"""The application: the ``anchor`` command, the live anchor, MQTT commands on sessions, demos."""

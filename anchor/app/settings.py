@@ -1,0 +1,25 @@
+"""The whole process's settings: the runtime's (``anchor.core.config``) and the network edges'.
+
+The runtime and its stages read ``AnchorSettings``; only the application knows
+the edges, so only it adds their sections (WebRTC, MQTT) and reads the
+operator's file, the ``ANCHOR_*`` environment and overrides into one object.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from anchor.core.config import AnchorSettings
+from anchor.core.config import load_settings as load_schema
+from streams.settings import MqttSettings, WebRtcSettings
+
+
+class AppSettings(AnchorSettings):
+    webrtc: WebRtcSettings = WebRtcSettings()
+    mqtt: MqttSettings = MqttSettings()
+
+
+def load_settings(path: Path | None = None, **overrides: Any) -> AppSettings:
+    """Validated settings from ``path`` (TOML), the environment and ``overrides``; ``ConfigError`` if bad."""
+    return load_schema(path, schema=AppSettings, **overrides)

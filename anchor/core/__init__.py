@@ -1,0 +1,1 @@
+"""The runtime core: frames, clock, channels, graph, stages, pacer, sessions, metrics, settings."""

@@ -1,0 +1,70 @@
+"""Canary for the private parts of aiortc and aioice we rely on: fails loudly, naming what a release moved."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aioice
+import aiortc
+from aiortc import RTCPeerConnection
+from aiortc.mediastreams import AudioStreamTrack
+
+from anchor.core.aio import cancel_and_wait
+from streams.aiortc_compat import (
+    allow_loopback_candidates,
+    on_sender_report,
+    private_parts_missing,
+    rtp_origin,
+    tasks_of,
+)
+from streams.server import close_pc
+
+
+def test_every_private_part_is_where_we_reach_for_it() -> None:
+    missing = private_parts_missing()
+    assert not missing, (
+        f"aiortc {aiortc.__version__} / aioice {aioice.__version__} moved what streams/aiortc_compat.py "
+        f"uses: {missing}; mend the module, then move the upper bounds in pyproject.toml"
+    )
+
+
+async def test_loopback_peers_connect_and_the_receiver_clock_is_readable() -> None:
+    allow_loopback_candidates()
+    sender, receiver = RTCPeerConnection(), RTCPeerConnection()
+    sender.addTrack(AudioStreamTrack())
+    reports: list[tuple[float, int]] = []
+    got: asyncio.Queue[int] = asyncio.Queue()
+    readers: list[asyncio.Task[None]] = []
+
+    @receiver.on("track")
+    def _track(track: aiortc.MediaStreamTrack) -> None:
+        async def read() -> None:
+            while True:
+                frame = await track.recv()
+                got.put_nowait(int(frame.pts or 0))
+
+        readers.append(asyncio.get_running_loop().create_task(read(), name="compat:read"))
+
+    try:
+        await sender.setLocalDescription(await sender.createOffer())
+        assert sender.localDescription is not None
+        assert "127.0.0.1" in sender.localDescription.sdp, "no loopback host candidate was offered"
+        await receiver.setRemoteDescription(sender.localDescription)
+        rtp_receiver = receiver.getReceivers()[0]
+        on_sender_report(rtp_receiver, lambda ntp, rtp: reports.append((ntp, rtp)))
+        await receiver.setLocalDescription(await receiver.createAnswer())
+        assert receiver.localDescription is not None
+        assert tasks_of(receiver), "the peer connection's connect task was not found"
+        await sender.setRemoteDescription(receiver.localDescription)
+        async with asyncio.timeout(15):
+            await got.get()
+            while not reports:
+                await got.get()
+        assert rtp_origin(rtp_receiver) is not None
+        ntp, _ = reports[-1]
+        assert ntp > 3.9e9, "a sender report's NTP time should be seconds since 1900"
+    finally:
+        await cancel_and_wait(readers, 2.0)
+        await close_pc(receiver)
+        await close_pc(sender)
+    assert not tasks_of(receiver) and not tasks_of(sender)
