@@ -6,6 +6,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import onnx
 import torch
@@ -40,8 +41,10 @@ def export_onnx(spec: EngineSpec, module: nn.Module, path: Path, *, opset: int =
     args = tuple(torch.from_numpy(sample[t.name]) for t in spec.inputs)
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
     began = time.perf_counter()
-    input_names = [t.name for t in spec.inputs]
-    output_names = [t.name for t in spec.outputs]
+    names: dict[str, Any] = {
+        "input_names": [t.name for t in spec.inputs],
+        "output_names": [t.name for t in spec.outputs],
+    }
     try:
         if spec.exporter == "dynamo":
             # torch.export reasons about sizes >= 1; an axis that may be empty (a first, empty
@@ -50,33 +53,14 @@ def export_onnx(spec: EngineSpec, module: nn.Module, path: Path, *, opset: int =
             shapes = tuple(
                 {i: dims[a] for i, a in enumerate(t.shape) if isinstance(a, str)} for t in spec.inputs
             )
-            torch.onnx.export(
-                module,
-                args,
-                str(tmp),
-                opset_version=opset,
-                dynamo=True,
-                dynamic_shapes=shapes,
-                external_data=False,
-                verbose=False,
-                input_names=input_names,
-                output_names=output_names,
-            )
+            how: dict[str, Any] = {"dynamo": True, "dynamic_shapes": shapes, "external_data": False}
         else:
             axes = {
                 t.name: {i: a for i, a in enumerate(t.shape) if isinstance(a, str)}
                 for t in (*spec.inputs, *spec.outputs)
             }
-            torch.onnx.export(
-                module,
-                args,
-                str(tmp),
-                opset_version=opset,
-                dynamo=False,
-                dynamic_axes=axes,
-                input_names=input_names,
-                output_names=output_names,
-            )
+            how = {"dynamo": False, "dynamic_axes": axes}
+        torch.onnx.export(module, args, str(tmp), opset_version=opset, verbose=False, **how, **names)
         onnx.checker.check_model(str(tmp), full_check=True)
         model = onnx.load(str(tmp), load_external_data=False)
         found = {o.version for o in model.opset_import if o.domain in ("", "ai.onnx")}

@@ -124,6 +124,11 @@ class EngineSpec:
                         )
 
 
+def by_name(*specs: EngineSpec) -> dict[str, EngineSpec]:
+    """``specs`` keyed by their names (the parts of one model, built with shared axes and weights)."""
+    return {spec.name: spec for spec in specs}
+
+
 def relative_error(value: npt.NDArray[np.generic], reference: npt.NDArray[np.generic]) -> float:
     """``max|value - reference| / max|reference|`` (the parity measure every test uses)."""
     ref = np.asarray(reference, dtype=np.float64)

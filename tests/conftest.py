@@ -1,13 +1,36 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
+import tempfile
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
+
+ENGINE_CACHE = "ANCHOR_ENGINES__CACHE_DIR"
+_OWN_CACHE = pytest.StashKey[Path]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--run-slow", action="store_true", help="run benchmarks and soak tests")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One engine cache for the run (set before collection, so module-level settings see it too): each
+    model is exported once, by the first test that needs it, never read from an older run's cache and
+    never written into the user's. A cache given in the environment is used as it is."""
+    if ENGINE_CACHE not in os.environ:
+        os.environ[ENGINE_CACHE] = tempfile.mkdtemp(prefix="anchor-test-engines-")
+        config.stash[_OWN_CACHE] = Path(os.environ[ENGINE_CACHE])
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    own = config.stash.get(_OWN_CACHE, None)
+    if own is not None:
+        shutil.rmtree(own, ignore_errors=True)
+        del os.environ[ENGINE_CACHE]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -17,6 +40,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def engine_cache() -> Path:
+    """The run's engine cache (ONNX exports, backend choices), for settings built without the environment."""
+    return Path(os.environ[ENGINE_CACHE])
 
 
 @pytest.fixture(autouse=True)

@@ -36,11 +36,13 @@ def test_each_part_exports_to_onnx_with_parity(tmp_path: Path, part: str) -> Non
         assert relative_error(got[name], expected[name]) <= spec.rtol_fp32, name
 
 
-async def test_the_stage_streams_through_shared_engines_what_the_whole_model_decodes(tmp_path: Path) -> None:
+async def test_the_stage_streams_through_shared_engines_what_the_whole_model_decodes(
+    engine_cache: Path,
+) -> None:
     text = "The city council approved a new budget for public transport."
     stage = AcousticTTS(chunk_frames=24, first_words=100)  # one phrase: the whole sentence
     frames: list[Frame] = [TextDelta(text=text, utterance_id="u"), EndOfUtterance(utterance_id="u")]
-    async with Runtime(AnchorSettings(engines={"cache_dir": tmp_path})) as rt:  # type: ignore[arg-type]
+    async with Runtime(AnchorSettings(engines={"cache_dir": engine_cache})) as rt:  # type: ignore[arg-type]
         out = [f async for f in run_stages(rt, [stage], frames)]
         assert {"acoustic-encoder", "acoustic-decoder"} <= set(rt.engines.loaded())
     mels = [f for f in out if isinstance(f, MelChunk)]

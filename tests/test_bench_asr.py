@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from anchor.bench.asr import add_noise
-from anchor.bench.voices import espeak
+from anchor.bench.espeak import espeak
 
 
 def test_espeak_voices_are_16k_speech_of_plausible_length() -> None:

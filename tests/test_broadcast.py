@@ -10,6 +10,7 @@ import subprocess
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -119,6 +120,21 @@ def nginx_rtmp(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         process.wait(10)
 
 
+def _probe(recorded: Path, seconds: float = 3.0) -> dict[str, Any] | None:
+    """ffprobe's streams and format of ``recorded`` once it holds both tracks and ``seconds`` of program."""
+    if not recorded.exists() or recorded.stat().st_size == 0:
+        return None
+    ran = subprocess.run(
+        [str(FFPROBE), "-v", "error", "-show_streams", "-show_format", "-of", "json", str(recorded)],
+        capture_output=True,
+        check=False,
+    )
+    probe: dict[str, Any] = json.loads(ran.stdout or b"{}")
+    kinds = {s.get("codec_type") for s in probe.get("streams", [])}
+    duration = float(probe.get("format", {}).get("duration", 0) or 0)
+    return probe if ran.returncode == 0 and {"audio", "video"} <= kinds and duration >= seconds else None
+
+
 async def test_rtmp_reaches_nginx_with_both_tracks_at_25_fps_in_sync(nginx_rtmp: tuple[str, Path]) -> None:
     url, recorded = nginx_rtmp
     recorder = ProgramRecorder(SyncFeed(3.2), url, width=SIZE, height=SIZE, fps=FPS, sample_rate=RATE)
@@ -127,16 +143,9 @@ async def test_rtmp_reaches_nginx_with_both_tracks_at_25_fps_in_sync(nginx_rtmp:
         await recorder.drained()
     await recorder.stop()
     async with asyncio.timeout(10):
-        while not recorded.exists() or recorded.stat().st_size == 0:  # noqa: ASYNC110 - nginx writes on disconnect
+        # nginx finishes the recording after the publisher left: wait until the whole program is in it.
+        while (probe := await asyncio.to_thread(_probe, recorded)) is None:  # noqa: ASYNC110
             await asyncio.sleep(0.1)
-    await asyncio.sleep(0.5)
-    ran = await asyncio.to_thread(
-        subprocess.run,
-        [str(FFPROBE), "-v", "error", "-show_streams", "-of", "json", str(recorded)],
-        check=True,
-        capture_output=True,
-    )
-    probe = json.loads(ran.stdout)
     streams = {s["codec_type"]: s for s in probe["streams"]}
     assert streams["video"]["codec_name"] == "h264" and streams["audio"]["codec_name"] == "aac"
     assert streams["video"]["r_frame_rate"] == "25/1"

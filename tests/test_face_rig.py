@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from anchor.app.offline import join_audio, render_text, run_stages
+from anchor.bench.espeak import espeak
 from anchor.bench.face_measures import identity, lip_sync
 from anchor.bench.judge import MouthJudge
-from anchor.bench.voices import espeak
 from anchor.core.config import AnchorSettings
 from anchor.core.frames import AudioChunk, EndOfUtterance, Frame, Phonemes, TextDelta, VideoFrame
 from anchor.core.resample import resample

@@ -60,3 +60,23 @@ def test_log_mel_matches_librosa_for_the_centred_framing(scale: str) -> None:
     theirs = np.log(np.maximum(_librosa_basis(config) @ magnitude, config.clip))
     assert ours.shape == theirs.shape
     np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-3)
+
+
+def test_mel_front_end_follows_the_slaney_scale() -> None:
+    config = MelConfig()
+    basis = mel_basis(config)
+    assert basis.shape == (80, 513)
+    hz_per_bin = config.sample_rate / config.n_fft
+    # Slaney normalisation: every triangle has the same area (2 / bandwidth * bandwidth / 2 = 1 in Hz).
+    np.testing.assert_allclose(basis.sum(axis=1) * hz_per_bin, 1.0, rtol=0.08)
+    assert basis[:, 372:].max() == 0, "nothing above fmax (8 kHz, bin 372)"
+    tone = np.sin(2 * np.pi * 1000 * np.arange(22050) / 22050).astype(np.float32)
+    taco, hifi = mel_spectrogram(tone, framing="tacotron"), mel_spectrogram(tone, framing="hifigan")
+    assert taco.shape == (80, 1 + 22050 // 256) and hifi.shape == (80, 22050 // 256)
+    # Slaney: 1 kHz is mel 15, 8 kHz is 15 + 27 ln 8 / ln 6.4 = 45.25; 82 edges step 0.552 mel,
+    # so 1 kHz sits at the centre of band 15 / 0.552 - 1 = 26.2.
+    peak_band = int(np.argmax(hifi[:, 40]))
+    assert abs(peak_band - 26) <= 1
+    assert hifi.min() >= np.log(1e-5) - 1e-6
+    with pytest.raises(ValueError, match="too short for a mel frame"):
+        mel_spectrogram(np.zeros(100, np.float32))

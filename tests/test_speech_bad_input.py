@@ -16,8 +16,8 @@ from anchor.speech.piper_stage import PiperTTS
 
 
 @pytest.fixture
-async def runtime(tmp_path: Path):  # type: ignore[no-untyped-def]
-    async with Runtime(AnchorSettings(engines={"cache_dir": tmp_path})) as rt:  # type: ignore[arg-type]
+async def runtime(engine_cache: Path):  # type: ignore[no-untyped-def]
+    async with Runtime(AnchorSettings(engines={"cache_dir": engine_cache})) as rt:  # type: ignore[arg-type]
         yield rt
 
 

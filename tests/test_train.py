@@ -11,10 +11,10 @@ import torch
 
 from anchor.train.acoustic_trainer import train_acoustic
 from anchor.train.corpus import HELD_OUT, build_corpus, read_corpus
-from anchor.train.export import export_weights
 from anchor.train.loop import Budget, TrainJob
 from anchor.train.mouth_gan_trainer import train_mouth
 from anchor.train.pitch_trainer import load_pitch_head, train_pitch
+from anchor.train.ship_weights import export_weights
 from anchor.train.speech_data import HOP, SpeechShard, speech_shards, synthesize
 from anchor.train.vocoded import vocode, vocoded_audio
 from anchor.train.waveglow_trainer import SAMPLE_SIGMA, SMALL, spectral_loss, train_waveglow, trainable

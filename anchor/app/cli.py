@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import logging
 import sys
@@ -317,6 +318,8 @@ def _cmd_lipsync(args: argparse.Namespace) -> int:
 
     settings = _with_weights(_settings(args), "wav2lip", args.checkpoint)
     settings = _section(settings, "face", "--face", driver=args.face)
+    if args.contact_sheet is not None and importlib.util.find_spec("matplotlib") is None:
+        raise ConfigError("--contact-sheet draws with matplotlib: pip install 'virtual-anchor[bench]'")
     try:
         result = asyncio.run(
             lipsync(

@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from anchor.app.offline import join_audio, render_text
-from anchor.bench.voices import espeak
+from anchor.bench.espeak import espeak
 from anchor.core.config import AnchorSettings
 from anchor.core.frames import SpeechStarted, Transcript
 from anchor.core.realtime import RealTimeClock, paced_chunks

@@ -47,7 +47,7 @@ import numpy.typing as npt
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, MediaStreamTrack
 
-from anchor.bench.voices import espeak
+from anchor.bench.espeak import espeak
 from anchor.core.aio import cancel_and_wait
 from anchor.core.realtime import RealTimeClock
 from anchor.core.resample import resample

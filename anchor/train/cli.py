@@ -96,7 +96,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from anchor.train.export import export_weights
+    from anchor.train.ship_weights import export_weights
 
     written = export_weights(args.runs.expanduser(), args.to)
     print(json.dumps({k: str(v) for k, v in written.items()}, indent=2))

