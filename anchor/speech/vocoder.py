@@ -114,6 +114,7 @@ class VocoderStage(Stage):
         sigma: float = 0.0,
         source: bool = False,
         timeout_s: float | None = None,
+        seed: int | None = None,
     ) -> None:
         super().__init__(name, timeout_s=timeout_s)
         self.engine = engine
@@ -127,7 +128,8 @@ class VocoderStage(Stage):
         self.sigma = sigma
         #: A source-filter WaveGlow: z is the excitation at the F0 of the ``waveglow-pitch`` engine.
         self.source = source
-        self._rng = np.random.default_rng()
+        #: Draws WaveGlow's noise and each utterance's starting pulse phase (``seed``: reproducibly).
+        self._rng = np.random.default_rng(seed)
         self._open: dict[str, tuple[ChunkedVocoder, StreamingResampler, list[int]]] = {}
         self.hop = 256
 
@@ -256,10 +258,10 @@ def _excitation_z(
     return np.ascontiguousarray(grouped, dtype=np.float32)
 
 
-def waveglow_stage(sigma: float, *, source: bool = False) -> VocoderStage:
+def waveglow_stage(sigma: float, *, source: bool = False, seed: int | None = None) -> VocoderStage:
     """WaveGlow through the hub in the stage's default blocks: z is noise at ``sigma``, or, for
     weights with a source, the excitation at the pitch its head reads off the mel."""
-    return VocoderStage(engine="waveglow", noise_channels=N_GROUP, sigma=sigma, source=source)
+    return VocoderStage(engine="waveglow", noise_channels=N_GROUP, sigma=sigma, source=source, seed=seed)
 
 
 @dataclass(frozen=True)
