@@ -165,7 +165,7 @@ def strip_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> StateDict:
 
 
 def check_state_dict(module: nn.Module, state: Mapping[str, torch.Tensor], origin: str) -> None:
-    """Raise ``WeightsError`` listing missing, unexpected and mis-shaped keys."""
+    """Raise ``WeightsError`` listing missing, unexpected, mis-shaped, mistyped and non-finite keys."""
     expected = module.state_dict()
     problems: list[str] = []
     missing = sorted(set(expected) - set(state))
@@ -180,6 +180,10 @@ def check_state_dict(module: nn.Module, state: Mapping[str, torch.Tensor], origi
             problems.append(f"{key}: expected a tensor, found {type(found).__name__}")
         elif tuple(found.shape) != tuple(expected[key].shape):
             problems.append(f"{key}: expected shape {tuple(expected[key].shape)}, found {tuple(found.shape)}")
+        elif expected[key].is_floating_point() and not found.is_floating_point():
+            problems.append(f"{key}: expected floating-point values, found {found.dtype}")
+        elif found.is_floating_point() and not bool(torch.isfinite(found).all()):
+            problems.append(f"{key}: holds NaN or infinite values")
     if problems:
         raise WeightsError(f"checkpoint {origin} does not match the model:\n  " + "\n  ".join(problems))
 

@@ -70,6 +70,9 @@ class Message:
         return self.envelope.id
 
 
+#: A command stamped further ahead than this is refused (else its ``ttl_s`` would never run out).
+MAX_CLOCK_SKEW_S = 60.0
+
 # Small command and event packets must not wait for Nagle's algorithm (40 ms and more per hop).
 NO_DELAY = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
 
@@ -97,6 +100,11 @@ def parse_message(name: str, payload: bytes, limit: int, now: float) -> Message:
     except ValidationError as exc:
         raise CommandError(f"invalid {name} command: {describe(exc)}") from None
     command = parse_command(name, fields)
+    if envelope.sent_at > now + MAX_CLOCK_SKEW_S:
+        raise CommandError(
+            f"command {envelope.id} was sent {envelope.sent_at - now:.0f} s in the future; "
+            f"clocks may differ by at most {MAX_CLOCK_SKEW_S:.0f} s"
+        )
     if envelope.expired(now):
         raise CommandError(
             f"command {envelope.id} expired {now - envelope.sent_at - envelope.ttl_s:.1f} s ago"
@@ -127,6 +135,7 @@ class MqttControl:
         self.down = asyncio.Event()
         self.connects = 0
         self.last_error = ""
+        self._live: aiomqtt.Client | None = None
         self._seen = RecentIds(seen_ids)
         self._task: asyncio.Task[None] | None = None
         self._events: EventFeed | None = None
@@ -137,6 +146,16 @@ class MqttControl:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"mqtt:{self.prefix}")
 
     async def stop(self) -> None:
+        """Say ``offline`` (retained) while still connected, then disconnect: the last will only covers a
+        connection that dies, so a clean stop must say it itself."""
+        client = self._live
+        if client is not None and self.connected.is_set():
+            offline = json.dumps({"state": "offline", "at": time.time()}).encode()
+            try:
+                async with asyncio.timeout(2.0):
+                    await client.publish(f"{self.prefix}/status", offline, qos=1, retain=True)
+            except (aiomqtt.MqttError, TimeoutError) as exc:
+                log.warning("could not publish the offline status: %s", exc)
         task, self._task = self._task, None
         if task is not None:
             await cancel_and_wait([task], 5.0, again_every_s=0.2)
@@ -168,14 +187,24 @@ class MqttControl:
                     backoff.reset()
                     self.connects += 1
                     self.down.clear()
+                    self._live = client
                     await self._serve(client)
             except aiomqtt.MqttError as exc:
-                self.connected.clear()
-                self.last_error = str(exc)
-                self.down.set()
+                self._lost(str(exc))
                 delay = backoff.next_delay()
                 log.warning("MQTT connection lost (%s); reconnecting in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
+            except Exception as exc:
+                self._lost(f"{type(exc).__name__}: {exc}")
+                delay = backoff.next_delay()
+                log.exception("MQTT control failed; reconnecting in %.1f s", delay)
+                await asyncio.sleep(delay)
+
+    def _lost(self, why: str) -> None:
+        self.connected.clear()
+        self._live = None
+        self.last_error = why
+        self.down.set()
 
     async def _serve(self, client: aiomqtt.Client) -> None:
         await client.subscribe(f"{self.prefix}/cmd/#", qos=1)
@@ -211,6 +240,13 @@ class MqttControl:
         except CommandError as exc:
             await self._event(
                 client, {"kind": "error", "command": message.id, "topic": topic, "error": str(exc)}
+            )
+            return
+        except Exception as exc:
+            log.exception("command %s on %s failed", message.id, topic)
+            failure = f"the anchor failed to carry it out: {type(exc).__name__}"
+            await self._event(
+                client, {"kind": "error", "command": message.id, "topic": topic, "error": failure}
             )
             return
         await self._event(

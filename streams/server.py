@@ -14,14 +14,15 @@ message that says what was wrong.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Protocol, TypeVar
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
@@ -83,6 +84,10 @@ class ProgramSource(Protocol[Feed]):
 
     async def ask(self, question: str) -> str: ...
 
+    def has_room(self) -> bool:
+        """Whether a new line from outside (say, ask) may queue now."""
+        ...
+
     async def interrupt(self, reason: str = ...) -> frozenset[str]: ...
 
     def events(self) -> EventFeed: ...
@@ -99,9 +104,10 @@ class Newsroom(Protocol):
 
 
 class RequestError(ValueError):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, *, retry_after_s: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.retry_after_s = retry_after_s
 
 
 @dataclass
@@ -166,11 +172,16 @@ def check_sdp(sdp: str) -> SessionDescription:
     if not kinds & {"audio", "video"}:
         raise RequestError(400, f"SDP offer has no audio or video section (found {sorted(kinds) or 'none'})")
     for m in parsed.media:
-        if m.kind in ("audio", "video") and (
-            m.ice is None or not m.ice.usernameFragment or not m.ice.password
-        ):
+        if m.kind not in ("audio", "video"):
+            continue
+        if m.ice is None or not m.ice.usernameFragment or not m.ice.password:
             raise RequestError(
                 400, f"SDP offer's {m.kind} section has no ICE credentials (ice-ufrag/ice-pwd)"
+            )
+        if m.dtls is None or not m.dtls.fingerprints:
+            raise RequestError(
+                400,
+                f"SDP offer's {m.kind} section has no DTLS fingerprint or setup (a=fingerprint, a=setup)",
             )
     return parsed
 
@@ -196,7 +207,6 @@ class WebRtcServer:
         self.limiter = RateLimiter(settings.offers_per_minute)
         self.peers: dict[str, Peer] = {}
         self.draining = False
-        self._ids = itertools.count(1)
         self._background: set[asyncio.Task[None]] = set()
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
@@ -254,6 +264,21 @@ class WebRtcServer:
             self._runner = None
 
     # -- middleware ----------------------------------------------------------------
+    def _open_to(self, request: web.Request) -> bool:
+        """Open (token-free) access for this request: a loopback dev server, asked for by a page that is
+        itself on a loopback name (or one the operator listed). A page on any other name that resolves
+        to 127.0.0.1 (DNS rebinding) gets no open access: it would need a token."""
+        if not self.settings.open_access:
+            return False
+        names = [request.host]
+        if (origin := request.headers.get("Origin")) is not None:
+            names.append(urlsplit(origin).netloc)
+        return all(self._local_name(name) for name in names)
+
+    def _local_name(self, netloc: str) -> bool:
+        host = urlsplit(f"//{netloc}").hostname or ""
+        return is_loopback(host) or host in self.settings.open_hosts
+
     def _origin_allowed(self, request: web.Request) -> bool:
         origin = request.headers.get("Origin")
         if origin is None:
@@ -284,13 +309,19 @@ class WebRtcServer:
         try:
             return await handler(request)
         except RequestError as exc:
-            return web.json_response({"error": str(exc)}, status=exc.status)
+            headers = None if exc.retry_after_s is None else {"Retry-After": str(exc.retry_after_s)}
+            return web.json_response({"error": str(exc)}, status=exc.status, headers=headers)
         except AuthError as exc:
             headers = {"WWW-Authenticate": 'Bearer realm="anchor"'} if exc.status == 401 else None
             return web.json_response({"error": str(exc)}, status=exc.status, headers=headers)
         except web.HTTPRequestEntityTooLarge:
             limit = self.settings.max_body_bytes
             return web.json_response({"error": f"request body exceeds {limit} bytes"}, status=413)
+        except web.HTTPException:
+            raise
+        except Exception:
+            log.exception("%s %s failed", request.method, request.path)
+            return web.json_response({"error": "internal error"}, status=500)
 
     async def _preflight(self, request: web.Request) -> web.StreamResponse:
         return web.Response(
@@ -312,7 +343,7 @@ class WebRtcServer:
             {
                 "iceServers": [s.public() for s in self.settings.ice_servers],
                 "session": self.default_session,
-                "open": self.settings.open_access,
+                "open": self._open_to(request),
             }
         )
 
@@ -323,30 +354,48 @@ class WebRtcServer:
 
     # -- signaling ---------------------------------------------------------------------
     def _admit(
-        self, request: web.Request, session: str, need: Grant = "watch", *, joining: bool = False
+        self,
+        request: web.Request,
+        session: str,
+        need: Grant = "watch",
+        *,
+        joining: bool = False,
+        charge: bool = True,
     ) -> tuple[ProgramSource[Any], Claims]:
+        """The session and the caller's claims, or a 4xx. Only an admitted request is charged to the
+        caller's rate limit (its address and subject): bad requests, refused before any work, cost an
+        honest client nothing."""
         source = self.sessions.get(session)
         if source is None:
             raise RequestError(404, f"no session {session!r}; live: {sorted(self.sessions)}")
-        if self.settings.open_access:  # loopback dev server: tokens are not needed, so not checked
-            claims = Claims("anonymous", session, OPEN_GRANTS, float("inf"))
-        elif self.tokens is not None:
-            claims = self.tokens.verify(request.headers.get("Authorization"), session=session, need=need)
-        else:
-            raise AuthError("this server takes no offers: it has no token secret and is not loopback-only")
+        claims = self._claims(request, session, need)
+        if charge and not self.limiter.allow(f"{request.remote or '?'} {claims.subject}"):
+            raise RequestError(
+                429,
+                f"too many requests from {request.remote} as {claims.subject!r}; "
+                f"limit {self.settings.offers_per_minute}/min",
+                retry_after_s=60 // self.settings.offers_per_minute or 1,
+            )
         if joining and len(self.peers) >= self.settings.max_peers:
             raise RequestError(503, f"viewer limit reached ({self.settings.max_peers} peers)")
         return source, claims
 
+    def _claims(self, request: web.Request, session: str, need: Grant) -> Claims:
+        if self._open_to(request):  # loopback dev server, local page: tokens are not needed, so not checked
+            return Claims("anonymous", session, OPEN_GRANTS, float("inf"))
+        if self.tokens is not None:
+            return self.tokens.verify(request.headers.get("Authorization"), session=session, need=need)
+        if self.settings.open_access:
+            raise AuthError(
+                f"open access is only for pages on a loopback name, not {request.host!r}; "
+                "list it in webrtc.open_hosts or use a token"
+            )
+        raise AuthError("this server takes no offers: it has no token secret and is not loopback-only")
+
     async def _read(self, request: web.Request) -> bytes:
-        """The body of a POST, after the shutdown and per-client rate checks (bad requests count too)."""
+        """The body of a POST, after the shutdown and size checks."""
         if self.draining:
             raise RequestError(503, "the server is shutting down")
-        client = request.remote or "?"
-        if not self.limiter.allow(client):
-            raise RequestError(
-                429, f"too many requests from {client}; limit {self.settings.offers_per_minute}/min"
-            )
         if request.content_length is not None and request.content_length > self.settings.max_body_bytes:
             raise RequestError(413, f"request body exceeds {self.settings.max_body_bytes} bytes")
         return await request.read()
@@ -375,6 +424,7 @@ class WebRtcServer:
     async def _say(self, request: web.Request) -> web.StreamResponse:
         session, command = await self._command(request, Say)
         source, _ = self._admit(request, session, need="control")
+        self._room(session, source)
         utterance = await source.say(command.text)
         return web.json_response({"utterance": utterance}, status=202)
 
@@ -387,11 +437,21 @@ class WebRtcServer:
     async def _ask(self, request: web.Request) -> web.StreamResponse:
         session, command = await self._command(request, Ask)
         source, _ = self._admit(request, session, need="talk")
+        self._room(session, source)
         try:
             utterance = await source.ask(command.text)
         except ValueError as exc:  # the session's graph has no responder for questions
             raise RequestError(409, f"session {session!r} does not answer questions: {exc}") from None
         return web.json_response({"utterance": utterance}, status=202)
+
+    @staticmethod
+    def _room(session: str, source: ProgramSource[Any]) -> None:
+        if not source.has_room():
+            raise RequestError(
+                503,
+                f"session {session!r} holds as many lines as it may; try again shortly",
+                retry_after_s=2,
+            )
 
     def _newsroom(self, session: str) -> Newsroom:
         room = self.newsrooms.get(session)
@@ -401,7 +461,7 @@ class WebRtcServer:
 
     async def _news(self, request: web.Request) -> web.StreamResponse:
         session = request.query.get("session") or self.default_session
-        self._admit(request, session, need="watch")
+        self._admit(request, session, need="watch", charge=False)
         return web.json_response(await self._newsroom(session).listing())
 
     async def _news_submit(self, request: web.Request) -> web.StreamResponse:
@@ -440,8 +500,9 @@ class WebRtcServer:
             raise RequestError(
                 404, f"no viewer {request.match_info['peer']!r} in session {request.match_info['session']!r}"
             )
-        if self.tokens is not None and not self.settings.open_access:
-            self.tokens.verify(request.headers.get("Authorization"), session=peer.session, need="watch")
+        claims = self._claims(request, peer.session, "watch")
+        if claims.subject != peer.claims.subject and "control" not in claims.grants:
+            raise AuthError(f"viewer {peer.id!r} is not {claims.subject!r}'s to close", status=403)
         await self.close_peer(peer.id)
         return web.Response(status=200)
 
@@ -458,7 +519,7 @@ class WebRtcServer:
         feed = source.subscribe(
             audio_ms=self.settings.audio_ms_buffered, video_frames=self.settings.video_frames_buffered
         )
-        peer = Peer(f"p{next(self._ids)}", session, pc, feed, claims)
+        peer = Peer(secrets.token_urlsafe(12), session, pc, feed, claims)
         self.peers[peer.id] = peer
         try:
             await self._wire(peer, source)

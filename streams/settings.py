@@ -7,6 +7,8 @@ from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
+from anchor.core.redaction import redact_url
+
 MIN_SECRET_BYTES = 32
 
 
@@ -54,9 +56,24 @@ class WebRtcSettings(BaseModel):
     jwt_secret: SecretStr | None = Field(
         None, description=f"HS256 secret for offer tokens (>= {MIN_SECRET_BYTES} bytes); needed off loopback."
     )
-    dev_open: bool = Field(True, description="Loopback only: accept offers without a token (watch and talk).")
+    dev_open: bool = Field(
+        True,
+        description=(
+            "Loopback only: accept requests without a token (watch, talk and control), from pages on a "
+            "loopback name (127.0.0.1, [::1], localhost) or one of open_hosts; any other Host or Origin "
+            "needs a token, so a page on a name that resolves to 127.0.0.1 cannot drive the anchor."
+        ),
+    )
+    open_hosts: list[str] = Field(
+        default_factory=list,
+        description="Further host names the open dev server trusts (e.g. a local alias).",
+    )
     max_body_bytes: int = Field(64 * 1024, ge=1024, le=1024 * 1024)
-    offers_per_minute: int = Field(30, ge=1, description="Per client IP.")
+    offers_per_minute: int = Field(
+        30,
+        ge=1,
+        description="Admitted POSTs per minute per client address and token subject (bad ones are free).",
+    )
     max_peers: int = Field(64, ge=1, description="Live peer connections at most, over all sessions.")
     cors_origins: list[str] = Field(default_factory=list, description="Origins allowed to post offers.")
     video_frames_buffered: int = Field(
@@ -109,9 +126,8 @@ class MqttSettings(BaseModel):
         if self.url is not None:
             parts = urlsplit(self.url)
             if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-                raise ValueError(
-                    f"MQTT url must be mqtt://host[:port] or mqtts://host[:port], got {self.url!r}"
-                )
+                shown = redact_url(self.url)
+                raise ValueError(f"MQTT url must be mqtt://host[:port] or mqtts://host[:port], got {shown!r}")
         return self
 
     def endpoint(self) -> tuple[str, int, bool, str | None, str | None]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import wave
 from pathlib import Path
 
@@ -108,3 +109,56 @@ def test_transcribe_reads_any_pcm_wav_and_refuses_others(
     text.write_text("not audio")
     assert main(["transcribe", str(text)]) == 2
     assert "is not a readable PCM WAV file" in capsys.readouterr().err
+
+
+PASSWORD = "hunter2-broker-password"
+SECRET = "a-jwt-secret-of-more-than-32-bytes-0123456789"
+
+
+def test_secrets_never_reach_the_terminal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ANCHOR_MQTT__URL", f"mqtt://anchor:{PASSWORD}@broker.example:1883")
+    monkeypatch.setenv("ANCHOR_WEBRTC__JWT_SECRET", SECRET)
+    assert main(["config"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["mqtt"]["url"] == "mqtt://anchor:***@broker.example:1883"
+    assert shown["webrtc"]["jwt_secret"] in ("***", "**********")
+    monkeypatch.setenv("ANCHOR_WEBRTC__JWT_SECRET", SECRET[:20])  # too short: refused
+    assert main(["config"]) == 2
+    refused = capsys.readouterr().err
+    assert "jwt_secret must be at least 32 bytes" in refused
+    monkeypatch.delenv("ANCHOR_WEBRTC__JWT_SECRET")
+    monkeypatch.delenv("ANCHOR_MQTT__URL")
+    assert main(["run", "--port", "0", "--mqtt", f"ftp://anchor:{PASSWORD}@broker.example"]) == 2
+    refused += capsys.readouterr().err
+    assert "mqtt://host[:port]" in refused and "ftp://anchor:***@broker.example" in refused
+    assert PASSWORD not in refused and SECRET[:20] not in refused, refused
+
+
+def test_token_issues_what_the_server_accepts(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from streams.auth import AuthError, TokenAuthority
+
+    monkeypatch.delenv("ANCHOR_WEBRTC__JWT_SECRET", raising=False)
+    assert main(["token"]) == 2
+    assert "no webrtc.jwt_secret is configured" in capsys.readouterr().err
+    monkeypatch.setenv("ANCHOR_WEBRTC__JWT_SECRET", SECRET)
+    assert (
+        main(["token", "--grants", "watch,talk", "--session", "studio", "--subject", "ana", "--ttl", "5m"])
+        == 0
+    )
+    token = capsys.readouterr().out.strip()
+    authority = TokenAuthority(SECRET.encode())
+    claims = authority.verify(f"Bearer {token}", session="studio", need="talk")
+    assert claims.subject == "ana" and claims.grants == {"watch", "talk"}
+    assert 290 <= claims.expires_at - time.time() <= 300
+    with pytest.raises(AuthError, match="does not grant 'control'"):
+        authority.verify(f"Bearer {token}", session="studio", need="control")
+    for bad, message in (
+        (["--ttl", "11m"], "token lifetime must be 1..600 s"),
+        (["--grants", "root"], "--grants takes"),
+    ):
+        assert main(["token", *bad]) == 2
+        assert message in capsys.readouterr().err

@@ -8,6 +8,7 @@ import datetime
 import getpass
 import ipaddress
 import json
+import random
 import shutil
 import subprocess
 import time
@@ -21,6 +22,7 @@ import pytest
 
 from anchor.app.mqtt_control import SessionControl
 from anchor.core.aio import cancel_and_wait
+from anchor.core.commands import COMMANDS, Command, Say
 from anchor.core.config import AnchorSettings
 from anchor.core.graph import AUDIO_OUT, Graph
 from anchor.core.runtime import Runtime
@@ -199,6 +201,15 @@ async def test_bad_commands_get_error_events_and_change_nothing(broker: Broker) 
             ("ask", command(text="why?"), "session main does not answer questions"),
             ("avatar", command(avatar="x"), "AvatarSwitch is not available in this anchor"),
             ("say", command(text="x" * 1000, pad="y" * 20_000), "exceeds 16384"),
+            # 16 KB of nesting: the JSON parser's recursion limit, refused like any bad payload.
+            ("say", b'{"text": ' + b"[" * 8000 + b"]" * 8000 + b"}", "payload nests JSON too deeply"),
+            (
+                "say",
+                json.dumps(
+                    {"id": "future", "sent_at": time.time() + 86_400, "ttl_s": 10, "text": "x"}
+                ).encode(),
+                "s in the future; clocks may differ by at most 60 s",
+            ),
         ]
         for name, payload, message in cases:
             await newsroom.publish(f"anchor/main/cmd/{name}", payload, qos=1)
@@ -215,6 +226,119 @@ async def test_bad_commands_get_error_events_and_change_nothing(broker: Broker) 
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(1.0):
                 await next_json(newsroom.messages, "anchor/main/events", "accepted")
+
+
+def garbage(rng: random.Random, count: int) -> list[tuple[str, bytes]]:
+    """``count`` hostile ``(topic suffix, payload)`` pairs: bytes, nesting, wrong types, odd names, sizes."""
+    names = [*COMMANDS, "", "x" * 300, "say/../mute", "news/", "\u00e9t\u00e9", "+", "#"]
+    values: list[Any] = [None, True, -1, 1e308, "", "\u0000", "x" * 3000, [], {}, [[[]]], {"a": {"b": []}}]
+    out = []
+    for _ in range(count):
+        name = rng.choice(names)
+        kind = rng.randrange(5)
+        if kind == 0:
+            payload = rng.randbytes(rng.randrange(0, 400))
+        elif kind == 1:
+            depth = rng.randrange(100, 8000)
+            payload = b'{"text": ' + b"[" * depth + b"]" * depth + b"}"
+        elif kind == 2:
+            fields = {
+                rng.choice(
+                    ["id", "sent_at", "ttl_s", "text", "muted", "priority", "title", "body", "z"]
+                ): rng.choice(values)
+                for _ in range(rng.randrange(1, 7))
+            }
+            payload = json.dumps(fields).encode()
+        elif kind == 3:
+            payload = command(
+                **{rng.choice(["text", "muted", "reason", "item", "on_air"]): rng.choice(values)}
+            )
+        else:
+            payload = b"x" * rng.choice([16 * 1024 + 1, 200_000])
+        out.append((name, payload))
+    return out
+
+
+async def test_a_barrage_of_hostile_messages_leaves_the_plane_and_the_session_running(
+    broker: Broker,
+) -> None:
+    async with controlled_session(broker) as (session, control), client(broker, "newsroom") as newsroom:
+        await newsroom.subscribe("anchor/main/events", qos=1)
+        for name, payload in garbage(random.Random(19), 200):
+            topic = f"anchor/main/cmd/{name}".rstrip("/")
+            if "+" in topic or "#" in topic:
+                continue  # not a topic one may publish to
+            await newsroom.publish(topic, payload, qos=1)
+        good = command(text="the plane is still up")
+        await newsroom.publish("anchor/main/cmd/say", good, qos=1)
+        async with asyncio.timeout(30):
+            while (event := await next_json(newsroom.messages, "anchor/main/events"))[
+                "kind"
+            ] != "accepted" or (event["command"] != json.loads(good)["id"]):
+                assert event["kind"] in (
+                    "error",
+                    "accepted",
+                    "utterance_started",
+                    "utterance_finished",
+                    "silence",
+                )
+        assert control.connects == 1 and control.connected.is_set()
+        assert session.state == "running"
+
+
+async def test_lines_past_what_the_session_holds_are_refused(broker: Broker) -> None:
+    async with controlled_session(broker) as (session, _), client(broker, "newsroom") as newsroom:
+        await newsroom.subscribe("anchor/main/events", qos=1)
+        limit = session.settings.graph.max_live_utterances
+        for n in range(limit + 1):
+            await newsroom.publish("anchor/main/cmd/say", command(text=f"line {n} " + "word " * 40), qos=1)
+        async with asyncio.timeout(20):
+            while (event := await next_json(newsroom.messages, "anchor/main/events"))["kind"] != "error":
+                pass
+        assert event["error"] == f"session main already holds {limit} utterances; try again shortly"
+        assert len(session.utterances.live()) == limit
+        await session.interrupt()
+
+
+class FailingControl(SessionControl):
+    """Carries commands out, except that ``say "boom"`` raises as a bug in the anchor would."""
+
+    async def execute(self, command: Command) -> str:
+        if isinstance(command, Say) and command.text == "boom":
+            raise RuntimeError("a bug")
+        return await super().execute(command)
+
+
+async def test_a_failing_command_is_reported_and_a_clean_stop_says_offline(broker: Broker) -> None:
+    settings = MqttSettings(url=f"mqtt://127.0.0.1:{broker.port}", username="anchor", password="anchor-pass")  # type: ignore[arg-type]
+    async with Runtime(AnchorSettings(media={"width": 32, "height": 32})) as rt:  # type: ignore[arg-type]
+        tts = FakeTTS("tts", ms_per_word=40)
+        session = await rt.open_session(
+            Graph().chain(SayResponder(), tts).link(tts, AUDIO_OUT), session_id="main"
+        )
+        control = MqttControl(settings, FailingControl(session))
+        control.start()
+        try:
+            async with asyncio.timeout(10):
+                await control.connected.wait()
+            async with client(broker, "newsroom") as newsroom:
+                await newsroom.subscribe("anchor/main/events", qos=1)
+                boom = command(text="boom")
+                await newsroom.publish("anchor/main/cmd/say", boom, qos=1)
+                error = await next_json(newsroom.messages, "anchor/main/events", "error")
+                assert error["command"] == json.loads(boom)["id"]
+                assert error["error"] == "the anchor failed to carry it out: RuntimeError"
+                await newsroom.publish("anchor/main/cmd/mute", command(muted=True), qos=1)
+                assert (await next_json(newsroom.messages, "anchor/main/events", "accepted"))[
+                    "result"
+                ] == "muted"
+                assert control.connects == 1
+        finally:
+            await control.stop()
+    async with client(broker, "newsroom") as newsroom:
+        await newsroom.subscribe("anchor/main/status", qos=1)
+        status = await next_json(newsroom.messages, "anchor/main/status")
+    assert status["state"] == "offline", "a clean stop leaves the retained status offline"
 
 
 async def test_the_newsroom_runs_the_news_desk_over_mqtt(broker: Broker, tmp_path: Path) -> None:

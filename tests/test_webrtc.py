@@ -195,6 +195,88 @@ async def test_bad_requests_get_precise_4xx_and_create_no_peer(edge: Edge) -> No
     assert not edge.server.peers and edge.session.pacer.subscribers == subscribers
 
 
+async def test_hostile_bodies_and_offers_get_4xx_and_the_server_stays_up(edge: Edge) -> None:
+    nested = b'{"text": ' + b"[" * 8000 + b"]" * 8000 + b"}"
+    for path in ("/offer", "/say", "/ask", "/interrupt", "/news"):
+        status, reply = await post(edge.url, path, data=nested)
+        assert (status, reply["error"]) == (400, "body nests JSON too deeply"), path
+    pc, sdp = await offer_sdp()
+    await close_pc(pc)
+    bare = "".join(line for line in sdp.splitlines(keepends=True) if not line.startswith("a=fingerprint"))
+    status, reply = await post(edge.url, "/offer", json={"sdp": bare, "type": "offer"})
+    assert status == 400 and "section has no DTLS fingerprint or setup" in reply["error"], reply
+    assert not edge.server.peers
+    async with aiohttp.ClientSession() as http, http.get(f"{edge.url}/healthz") as response:
+        assert response.status == 200
+
+
+async def test_open_dev_access_is_only_for_pages_on_a_loopback_name(edge: Edge) -> None:
+    # DNS rebinding: a page on evil.example whose name resolves to 127.0.0.1 reaches this server
+    # with its own name in Host (and Origin). It must not get the token-free dev access.
+    rebound = {"Host": f"evil.example:{edge.server.port}"}
+    status, reply = await post(edge.url, "/say", json={"text": "hello"}, headers=rebound)
+    assert status == 401 and "open access is only for pages on a loopback name" in reply["error"], reply
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{edge.url}/config", headers=rebound) as response:
+            assert (await response.json())["open"] is False
+        async with http.get(f"{edge.url}/config") as response:
+            assert (await response.json())["open"] is True
+    assert not edge.session.utterances.live()
+    status, _ = await post(
+        edge.url, "/say", json={"text": "hello"}, headers={"Host": f"localhost:{edge.server.port}"}
+    )
+    assert status == 202, "a page on localhost is local"
+
+
+async def test_lines_past_what_a_session_holds_are_refused_with_retry_after(edge: Edge) -> None:
+    limit = edge.session.settings.graph.max_live_utterances
+    statuses = []
+    async with aiohttp.ClientSession() as http:
+        for n in range(limit + 4):
+            async with http.post(f"{edge.url}/say", json={"text": f"line {n} " + "word " * 30}) as r:
+                statuses.append(r.status)
+                if r.status == 503:
+                    assert r.headers["Retry-After"] == "2"
+                    assert "holds as many lines as it may" in (await r.json())["error"]
+    assert statuses[:limit] == [202] * limit and set(statuses[limit:]) == {503}
+    assert len(edge.session.utterances.live()) == limit
+    await edge.session.interrupt()
+
+
+@pytest.mark.parametrize("edge", [{"jwt_secret": SECRET, "dev_open": False}], indirect=True)
+async def test_a_viewer_can_be_closed_only_by_its_own_token_or_an_operator(edge: Edge) -> None:
+    authority = TokenAuthority(SECRET.encode())
+    tokens = {name: authority.issue(name, "main", {"watch"}) for name in ("ana", "bob")}
+    operator = authority.issue("desk", "main", {"watch", "control"})
+    pcs, locations = [], {}
+    try:
+        async with aiohttp.ClientSession() as http:
+            for name, token in tokens.items():
+                pc, sdp = await offer_sdp()
+                pcs.append(pc)
+                headers = {"Content-Type": "application/sdp", "Authorization": f"Bearer {token}"}
+                async with http.post(f"{edge.url}/whep/main", data=sdp, headers=headers) as r:
+                    assert r.status == 201
+                    locations[name] = r.headers["Location"]
+            assert all(len(where.rsplit("/", 1)[1]) >= 16 for where in locations.values()), (
+                "ids are unguessable"
+            )
+            as_bob = {"Authorization": f"Bearer {tokens['bob']}"}
+            async with http.delete(f"{edge.url}{locations['ana']}", headers=as_bob) as r:
+                assert r.status == 403 and "is not 'bob'" in (await r.json())["error"]
+            assert len(edge.server.peers) == 2
+            async with http.delete(f"{edge.url}{locations['bob']}", headers=as_bob) as r:
+                assert r.status == 200
+            async with http.delete(
+                f"{edge.url}{locations['ana']}", headers={"Authorization": f"Bearer {operator}"}
+            ) as r:
+                assert r.status == 200
+    finally:
+        for pc in pcs:
+            await close_pc(pc)
+    assert not edge.server.peers
+
+
 async def test_a_question_to_a_session_that_cannot_answer_is_refused_and_leaves_nothing(edge: Edge) -> None:
     events = edge.session.events()
     status, reply = await post(edge.url, "/ask", json={"text": "who are you?"})
@@ -212,8 +294,13 @@ async def test_a_question_to_a_session_that_cannot_answer_is_refused_and_leaves_
     "edge", [{"offers_per_minute": 3, "cors_origins": ["https://news.example"]}], indirect=True
 )
 async def test_rate_limit_and_cors_allow_list(edge: Edge) -> None:
-    codes = [(await post(edge.url, "/offer", data=b"[]"))[0] for _ in range(4)]
-    assert codes == [400, 400, 400, 429]
+    garbage = [(await post(edge.url, "/offer", data=b"[]"))[0] for _ in range(40)]
+    assert set(garbage) == {400}, "bad requests are refused, and cost an honest client nothing"
+    viewer = await connect(edge.url)  # the same address still gets its offer answered
+    await viewer.close()
+    replies = [await post(edge.url, "/say", json={"text": "hello"}) for _ in range(3)]
+    assert [status for status, _ in replies] == [202, 202, 429], "the offer was the first of three"
+    assert "too many requests from 127.0.0.1 as 'anonymous'; limit 3/min" in replies[-1][1]["error"]
     async with (
         aiohttp.ClientSession() as http,
         http.options(

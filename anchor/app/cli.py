@@ -18,9 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
+from pydantic import ValidationError
 
 from anchor.app.settings import AppSettings, load_settings
-from anchor.core.config import ConfigError
+from anchor.core.config import ConfigError, describe
+from anchor.core.redaction import redacted
 
 if TYPE_CHECKING:
     from engines.spec import EngineSpec
@@ -36,7 +38,42 @@ def _settings(args: argparse.Namespace) -> AppSettings:
 
 def _cmd_config(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    print(json.dumps(settings.model_dump(mode="json"), indent=2))
+    print(json.dumps(redacted(settings.model_dump(mode="json")), indent=2))
+    return 0
+
+
+def _duration_s(text: str) -> int:
+    """``90``, ``90s``, ``10m`` or ``1h`` -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
+    try:
+        return round(float(number) * units[unit])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a duration is N, Ns, Nm or Nh, got {text!r}") from None
+
+
+def _cmd_token(args: argparse.Namespace) -> int:
+    from streams.auth import GRANTS, TokenAuthority
+
+    secret = _settings(args).webrtc.jwt_secret
+    if secret is None:
+        raise ConfigError(
+            "no webrtc.jwt_secret is configured (ANCHOR_WEBRTC__JWT_SECRET or [webrtc] in the config file): "
+            "tokens are signed with the secret the server checks them with"
+        )
+    grants = {g.strip() for g in args.grants.split(",") if g.strip()}
+    if not grants <= GRANTS:
+        raise ConfigError(f"--grants takes {', '.join(sorted(GRANTS))}, got {args.grants!r}")
+    try:
+        token = TokenAuthority(secret.get_secret_value().encode()).issue(
+            args.subject,
+            args.session,
+            grants,
+            ttl_s=args.ttl,
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    print(token)
     return 0
 
 
@@ -281,8 +318,8 @@ def _section(settings: AppSettings, name: str, flags: str, /, **update: object) 
     section = getattr(settings, name)
     try:
         changed = type(section).model_validate({**section.model_dump(), **update})
-    except ValueError as exc:
-        raise ConfigError(f"invalid {flags}: {exc}") from None
+    except ValidationError as exc:
+        raise ConfigError(describe(exc, flags)) from None
     return settings.model_copy(update={name: changed})
 
 
@@ -358,6 +395,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("config", help="print the effective, validated configuration as JSON")
     p.set_defaults(func=_cmd_config)
+
+    p = sub.add_parser(
+        "token", help="issue a viewer or operator token (HS256, signed with webrtc.jwt_secret)"
+    )
+    p.add_argument("--grants", default="watch", help="comma-separated: watch, talk, control (default watch)")
+    p.add_argument("--session", default="main", help="the session it admits to (default main)")
+    p.add_argument("--subject", default="operator", help="who it is for: logged, and owns its viewers")
+    p.add_argument("--ttl", type=_duration_s, default=600, help="lifetime: N[s|m|h], at most 10m (default)")
+    p.set_defaults(func=_cmd_token)
 
     p = sub.add_parser("say", help="speak TEXT with the default voice into a WAV file")
     p.add_argument("text", help="what to say (news text is normalised: numbers, dates, ...)")

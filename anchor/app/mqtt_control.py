@@ -38,6 +38,11 @@ class SessionControl:
     async def execute(self, command: Command) -> str:
         if self.session.state != "running":
             raise CommandError(f"session {self.session.id} is {self.session.state}")
+        if isinstance(command, Say | Ask) and not self.session.has_room():
+            limit = self.session.settings.graph.max_live_utterances
+            raise CommandError(
+                f"session {self.session.id} already holds {limit} utterances; try again shortly"
+            )
         if isinstance(command, Say):
             return await self.session.say(command.text, uninterruptible=command.uninterruptible)
         if isinstance(command, Interrupt):

@@ -24,6 +24,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from anchor.core.redaction import redact_message, shown
 from engines.settings import EngineSettings
 
 
@@ -87,6 +88,14 @@ class GraphSettings(_Section):
         ),
     )
     text_channel_items: int = Field(256, ge=1, description="Bound for frames without duration.")
+    max_live_utterances: int = Field(
+        16,
+        ge=1,
+        description=(
+            "Utterances a session holds at once (speaking or waiting); past that, new lines from viewers "
+            "and operators (HTTP, MQTT) are refused until some end. The news desk reads one at a time."
+        ),
+    )
     stage_timeout_s: float = Field(
         30.0, gt=0, description="Longest a stage may take to produce its next output."
     )
@@ -231,12 +240,14 @@ class AnchorSettings(BaseSettings):
         return init_settings, env_settings, TomlConfigSettingsSource(settings_cls)
 
 
-def _describe(error: ValidationError, origin: str) -> str:
+def describe(error: ValidationError, origin: str) -> str:
+    """Each bad field of ``error`` with what was wrong and what was given (secrets and passwords hidden)."""
     lines = [f"invalid configuration ({origin}):"]
     for item in error.errors():
         where = ".".join(str(part) for part in item["loc"]) or "<root>"
-        got = f" (got {item['input']!r})" if item["type"] != "missing" else ""
-        lines.append(f"  {where}: {item['msg']}{got}")
+        field = str(item["loc"][-1]) if item["loc"] else ""
+        got = f" (got {shown(field, item['input'])})" if item["type"] != "missing" else ""
+        lines.append(f"  {where}: {redact_message(item['msg'])}{got}")
     return "\n".join(lines)
 
 
@@ -268,4 +279,4 @@ def load_settings(path: Path | None = None, *, schema: type[Settings], **overrid
     try:
         return cls(**overrides)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, origin)) from None
+        raise ConfigError(describe(exc, origin)) from None
