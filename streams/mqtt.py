@@ -12,6 +12,8 @@ Topics for anchor ``{id}``:
   ``offline`` as the connection's last will.
 - ``anchor/{id}/events`` (QoS 1): session events (utterances, captions),
   command results and errors.
+- ``anchor/{id}/events/private`` (QoS 1): what viewers asked or said (with the
+  asker's token subject when known), for the operator: give it its own ACL.
 
 A bad command (too big, not JSON, wrong schema, expired, unknown) yields an
 ``error`` event naming the command and what was wrong, and changes
@@ -255,9 +257,9 @@ class MqttControl:
         await self._publish_status(client)
 
     # -- outputs -------------------------------------------------------------------
-    async def _event(self, client: aiomqtt.Client, event: dict[str, Any]) -> None:
+    async def _event(self, client: aiomqtt.Client, event: dict[str, Any], *, topic: str = "events") -> None:
         event["at"] = time.time()
-        await client.publish(f"{self.prefix}/events", json.dumps(event).encode(), qos=1)
+        await client.publish(f"{self.prefix}/{topic}", json.dumps(event).encode(), qos=1)
 
     async def _publish_status(self, client: aiomqtt.Client) -> None:
         status = {"state": "online", **self.target.status(), "at": time.time()}
@@ -269,11 +271,14 @@ class MqttControl:
             await self._publish_status(client)
 
     async def _forward_events(self, client: aiomqtt.Client) -> None:
-        """Session events to the events topic; kept across reconnects (bounded, oldest dropped)."""
+        """Session events to the events topic, a viewer's words (private events) to ``events/private``;
+        kept across reconnects (bounded, oldest dropped)."""
         assert self._events is not None
         while (event := await self._events.next()) is not None:
-            await self._event(
-                client, {"kind": event.kind, "utterance": event.utterance_id, "detail": event.detail}
-            )
+            data = {"kind": event.kind, "utterance": event.utterance_id, "detail": event.detail}
+            if event.private:
+                await self._event(client, {**data, "asker": event.asker}, topic="events/private")
+            else:
+                await self._event(client, data)
             if event.kind in ("utterance_started", "utterance_finished"):
                 await self._publish_status(client)

@@ -60,6 +60,12 @@ class SessionEventLike(Protocol):
     @property
     def detail(self) -> str: ...
 
+    @property
+    def private(self) -> bool: ...
+
+    @property
+    def asker(self) -> str: ...
+
 
 class EventFeed(Protocol):
     async def next(self) -> SessionEventLike | None: ...
@@ -82,7 +88,7 @@ class ProgramSource(Protocol[Feed]):
 
     async def say(self, text: str) -> str: ...
 
-    async def ask(self, question: str) -> str: ...
+    async def ask(self, question: str, *, asker: str = ...) -> str: ...
 
     def has_room(self) -> bool:
         """Whether a new line from outside (say, ask) may queue now."""
@@ -436,10 +442,10 @@ class WebRtcServer:
 
     async def _ask(self, request: web.Request) -> web.StreamResponse:
         session, command = await self._command(request, Ask)
-        source, _ = self._admit(request, session, need="talk")
+        source, claims = self._admit(request, session, need="talk")
         self._room(session, source)
         try:
-            utterance = await source.ask(command.text)
+            utterance = await source.ask(command.text, asker=claims.subject)
         except ValueError as exc:  # the session's graph has no responder for questions
             raise RequestError(409, f"session {session!r} does not answer questions: {exc}") from None
         return web.json_response({"utterance": utterance}, status=202)
@@ -533,8 +539,19 @@ class WebRtcServer:
         except Exception as exc:  # noqa: BLE001 - aiortc raises many kinds on an offer it cannot answer
             await self.close_peer(peer.id)
             raise RequestError(400, f"offer could not be answered: {type(exc).__name__}: {exc}") from None
+        peer.tasks.append(
+            asyncio.get_running_loop().create_task(self._unless_connected(peer), name=f"{peer.id}:deadline")
+        )
         log.info("viewer %s joined session %s as %s", peer.id, session, claims.subject)
         return peer
+
+    async def _unless_connected(self, peer: Peer) -> None:
+        """Close a viewer whose connection is not up ``connect_timeout_s`` after its answer: an offer
+        that never connects must not hold a viewer's place."""
+        await asyncio.sleep(self.settings.connect_timeout_s)
+        if peer.pc.connectionState != "connected":
+            log.info("viewer %s did not connect in time; closing it", peer.id)
+            self._spawn(self.close_peer(peer.id), f"{peer.id}:close")
 
     async def _wire(self, peer: Peer, source: ProgramSource[Any]) -> None:
         pc = peer.pc
@@ -554,12 +571,26 @@ class WebRtcServer:
 
         @pc.on("datachannel")
         def _channel(channel: Any) -> None:
-            peer.tasks.append(loop.create_task(self._send_events(channel, source), name=f"{peer.id}:events"))
+            peer.tasks.append(
+                loop.create_task(self._send_events(channel, source, peer.claims), name=f"{peer.id}:events")
+            )
 
-    async def _send_events(self, channel: Any, source: ProgramSource[Any]) -> None:
+    def _shown_to(self, claims: Claims, event: SessionEventLike) -> bool:
+        """Whether a viewer with ``claims`` sees ``event``: private ones (a viewer's question or speech)
+        only reach their asker, or, when no one is known (a microphone), the viewers who may talk;
+        ``webrtc.show_questions`` shows them to everyone."""
+        if not event.private or self.settings.show_questions:
+            return True
+        if event.asker:
+            return claims.subject == event.asker
+        return "talk" in claims.grants
+
+    async def _send_events(self, channel: Any, source: ProgramSource[Any], claims: Claims) -> None:
         events = source.events()
         try:
             while (event := await events.next()) is not None:
+                if not self._shown_to(claims, event):
+                    continue
                 if channel.readyState != "open":
                     if channel.readyState in ("closing", "closed"):
                         return

@@ -64,6 +64,13 @@ class WebRtcSettings(BaseModel):
             "needs a token, so a page on a name that resolves to 127.0.0.1 cannot drive the anchor."
         ),
     )
+    show_questions: bool = Field(
+        False,
+        description=(
+            "Show viewers' questions and what the recognizer heard to every viewer of the session; off, "
+            "they reach only the viewer who asked (or, for a microphone, the viewers who may talk) and MQTT."
+        ),
+    )
     open_hosts: list[str] = Field(
         default_factory=list,
         description="Further host names the open dev server trusts (e.g. a local alias).",
@@ -75,6 +82,9 @@ class WebRtcSettings(BaseModel):
         description="Admitted POSTs per minute per client address and token subject (bad ones are free).",
     )
     max_peers: int = Field(64, ge=1, description="Live peer connections at most, over all sessions.")
+    connect_timeout_s: float = Field(
+        15.0, gt=0, le=120, description="An answered offer whose connection is not up by then is closed."
+    )
     cors_origins: list[str] = Field(default_factory=list, description="Origins allowed to post offers.")
     video_frames_buffered: int = Field(
         4, ge=1, le=100, description="Per viewer, before the oldest is dropped."

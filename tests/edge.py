@@ -56,8 +56,11 @@ class Edge:
 
 
 @contextlib.asynccontextmanager
-async def served_anchor(size: int = 256, ears: Stage | None = None, **webrtc: Any) -> AsyncIterator[Edge]:
-    """``ears``: a root stage for viewer audio (the recognizer's place), when the test needs one."""
+async def served_anchor(
+    size: int = 256, ears: Stage | None = None, responder: Stage | None = None, **webrtc: Any
+) -> AsyncIterator[Edge]:
+    """``ears``: a root stage for viewer audio (the recognizer's place), when the test needs one;
+    ``responder``: what answers (default: one that only reads ``say`` lines)."""
     settings = AppSettings(
         media={"width": size, "height": size},  # type: ignore[arg-type]
         webrtc={"port": 0, **webrtc},  # type: ignore[arg-type]
@@ -65,7 +68,7 @@ async def served_anchor(size: int = 256, ears: Stage | None = None, **webrtc: An
     portrait = make_portrait(fit(default_image(), (size, size)))
     tts = FakeTTS("tts", ms_per_word=150)
     face = FaceStage(AnimatorDriver(MouthRig(portrait)))
-    graph = Graph().chain(SayResponder(), tts).link(tts, AUDIO_OUT)
+    graph = Graph().chain(responder or SayResponder(), tts).link(tts, AUDIO_OUT)
     graph.add(face).link(tts, face).link(face, VIDEO_OUT)
     if ears is not None:
         graph.add(ears)

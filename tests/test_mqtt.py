@@ -41,12 +41,22 @@ MOSQUITTO = shutil.which("mosquitto") or (
 )
 pytestmark = pytest.mark.skipif(MOSQUITTO is None, reason="needs Debian's mosquitto (CI installs it)")
 
-USERS = {"anchor": "anchor-pass", "newsroom": "newsroom-pass", "intruder": "intruder-pass"}
+USERS = {
+    "anchor": "anchor-pass",
+    "newsroom": "newsroom-pass",
+    "intruder": "intruder-pass",
+    "dashboard": "dashboard-pass",
+}
 ACL = """user anchor
 topic readwrite anchor/main/#
 
 user newsroom
 topic write anchor/main/cmd/#
+topic read anchor/main/status
+topic read anchor/main/events
+topic read anchor/main/events/private
+
+user dashboard
 topic read anchor/main/status
 topic read anchor/main/events
 
@@ -298,6 +308,31 @@ async def test_lines_past_what_the_session_holds_are_refused(broker: Broker) -> 
         assert event["error"] == f"session main already holds {limit} utterances; try again shortly"
         assert len(session.utterances.live()) == limit
         await session.interrupt()
+
+
+async def test_a_viewers_question_goes_to_the_private_topic_only(broker: Broker, tmp_path: Path) -> None:
+    async with (
+        controlled_session(broker, tmp_path / "news.db") as (session, _),
+        client(broker, "newsroom") as newsroom,
+        client(broker, "dashboard") as dashboard,
+    ):
+        await dashboard.subscribe("anchor/main/#", qos=1)
+        await newsroom.subscribe([("anchor/main/events", 1), ("anchor/main/events/private", 1)])
+        asked = await session.ask("Is my bank account safe?", asker="ana")
+        question = await next_json(newsroom.messages, "anchor/main/events/private", "question")
+        assert (question["utterance"], question["detail"], question["asker"]) == (
+            asked,
+            "Is my bank account safe?",
+            "ana",
+        )
+        await next_json(newsroom.messages, "anchor/main/events", "utterance_finished")
+        seen = []
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.0):
+                async for message in dashboard.messages:
+                    seen.append((str(message.topic), json.loads(bytes(message.payload)).get("kind")))  # type: ignore[arg-type]
+        assert ("anchor/main/events", "utterance_finished") in seen
+        assert all("private" not in topic and kind != "question" for topic, kind in seen), seen
 
 
 class FailingControl(SessionControl):

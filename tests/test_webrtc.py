@@ -20,6 +20,7 @@ from aiortc.mediastreams import MediaStreamError
 from anchor.app.cli import main
 from anchor.core.frames import AudioChunk, Frame
 from anchor.core.stage import Stage
+from anchor.responders.answer import Responder
 from streams.auth import TokenAuthority
 from streams.server import close_pc
 from streams.settings import WebRtcSettings
@@ -42,6 +43,10 @@ class Viewer:
     audio: list[av.AudioFrame] = field(default_factory=list)
     messages: list[dict[str, Any]] = field(default_factory=list)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    channel: Any = None
+
+    def messages_open(self) -> bool:
+        return self.channel is not None and self.channel.readyState == "open"
 
     async def close(self) -> None:
         for task in self.tasks:
@@ -64,6 +69,7 @@ async def offer_sdp(viewer: Viewer | None = None) -> tuple[RTCPeerConnection, st
     pc.addTransceiver("audio", direction="recvonly")
     channel = pc.createDataChannel("events")
     if viewer is not None:
+        viewer.channel = channel
         channel.on("message", lambda m: viewer.messages.append(json.loads(m)))
     await pc.setLocalDescription(await pc.createOffer())
     assert pc.localDescription is not None
@@ -241,6 +247,44 @@ async def test_lines_past_what_a_session_holds_are_refused_with_retry_after(edge
     assert statuses[:limit] == [202] * limit and set(statuses[limit:]) == {503}
     assert len(edge.session.utterances.live()) == limit
     await edge.session.interrupt()
+
+
+@pytest.mark.parametrize("edge", [{"connect_timeout_s": 1.0}], indirect=True)
+async def test_an_offer_that_never_connects_gives_its_place_back(edge: Edge) -> None:
+    pc, sdp = await offer_sdp()  # answered, but this side never takes the answer: no connection
+    try:
+        status, reply = await post(edge.url, "/offer", json={"sdp": sdp, "type": "offer"})
+        assert status == 200 and reply["peer"] in edge.server.peers
+        await until(lambda: not edge.server.peers, timeout_s=5.0)
+    finally:
+        await close_pc(pc)
+
+
+async def test_a_viewers_question_reaches_that_viewer_not_the_audience() -> None:
+    authority = TokenAuthority(SECRET.encode())
+    async with served_anchor(SIZE, responder=Responder({}, "off"), jwt_secret=SECRET, dev_open=False) as edge:
+        ana = await connect(edge.url, token=authority.issue("ana", "main", {"watch", "talk"}))
+        bob = await connect(edge.url, token=authority.issue("bob", "main", {"watch"}))
+        try:
+            await until(lambda: ana.messages_open() and bob.messages_open())
+            headers = {"Authorization": f"Bearer {authority.issue('ana', 'main', {'talk'})}"}
+            status, reply = await post(
+                edge.url, "/ask", json={"text": "Is my account safe?"}, headers=headers
+            )
+            assert status == 202, reply
+            asked = reply["utterance"]
+
+            def ended(viewer: Viewer) -> bool:
+                return any(
+                    m["kind"] == "utterance_finished" and m["utterance"] == asked for m in viewer.messages
+                )
+
+            await until(lambda: ended(ana) and ended(bob))
+        finally:
+            await ana.close()
+            await bob.close()
+    assert [m["detail"] for m in ana.messages if m["kind"] == "question"] == ["Is my account safe?"]
+    assert not [m for m in bob.messages if m["kind"] == "question"], "bob is not shown ana's question"
 
 
 @pytest.mark.parametrize("edge", [{"jwt_secret": SECRET, "dev_open": False}], indirect=True)

@@ -66,6 +66,10 @@ class SessionEvent:
     at_ns: int = field(default_factory=time.monotonic_ns)
     origin: str = ""
     """Who started the utterance (``news`` for the desk); empty for commands and viewers."""
+    private: bool = False
+    """What a viewer said or asked: for the operator and that viewer, not for the whole audience."""
+    asker: str = ""
+    """Whose it is, when known (the subject of the token that asked); empty for a microphone's speech."""
 
 
 class EventStream:
@@ -208,13 +212,16 @@ class Session:
         """Whether a new line from outside may queue: fewer than ``graph.max_live_utterances`` are live."""
         return len(self.utterances.live()) < self.settings.graph.max_live_utterances
 
-    async def ask(self, question: str) -> str:
-        """Answer ``question`` (a viewer's words) as a new utterance through the graph's responder."""
+    async def ask(self, question: str, *, asker: str = "") -> str:
+        """Answer ``question`` (a viewer's words) as a new utterance through the graph's responder.
+
+        The question itself is a private event (``asker``: whose, when known); the answer is spoken
+        to everyone, so its text is not."""
         self._require_running()
         utt = self.utterances.new()
         self.metrics.start(self.id, utt.id)
         self._questions.add(utt.id)
-        self._publish(SessionEvent("question", utt.id, question[:2000]))
+        self._publish(SessionEvent("question", utt.id, question[:2000], private=True, asker=asker))
         self._publish(SessionEvent("utterance_started", utt.id, ""))
         await self._open(Ask(text=question, utterance_id=utt.id))
         return utt.id
@@ -332,7 +339,7 @@ class Session:
             if frame.utterance_id in self._questions:
                 self._publish(SessionEvent("answer", frame.utterance_id, frame.text[:2000]))
         elif isinstance(frame, Transcript) and frame.final:
-            self._publish(SessionEvent("transcript", frame.utterance_id, frame.text[:2000]))
+            self._publish(SessionEvent("transcript", frame.utterance_id, frame.text[:2000], private=True))
             if self.answer_transcripts and frame.text.strip():
                 self._on_control(frame)
 
