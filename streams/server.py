@@ -40,6 +40,7 @@ from anchor.core.commands import (
     decode_object,
 )
 from anchor.core.frames import AudioChunk
+from streams.admission import CpuLoad, usable_cpus
 from streams.aiortc_compat import allow_loopback_candidates, tasks_of
 from streams.auth import AuthError, Claims, Grant, TokenAuthority
 from streams.settings import WebRtcSettings, is_loopback
@@ -203,8 +204,12 @@ class WebRtcServer:
         default_session: str,
         on_event: Callable[[str, str], Awaitable[None]] | None = None,
         newsrooms: Mapping[str, Newsroom] | None = None,
+        load: Callable[[], float] | None = None,
     ) -> None:
+        """``load``: this process's CPU load (0..1) for admission; by default measured (``CpuLoad``)."""
         self.settings = settings
+        self._cpu = None if load is not None else CpuLoad()
+        self.load: Callable[[], float] = load or self._cpu or (lambda: 0.0)
         self.sessions = sessions
         self.newsrooms = newsrooms or {}
         self.default_session = default_session
@@ -245,6 +250,8 @@ class WebRtcServer:
     async def start(self) -> None:
         if is_loopback(self.settings.host):
             allow_loopback_candidates()
+        if self._cpu is not None:
+            self._cpu.start()
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
         self._site = web.TCPSite(self._runner, self.settings.host, self.settings.port)
@@ -265,6 +272,8 @@ class WebRtcServer:
         self.draining = True
         await asyncio.gather(*(self.close_peer(pid) for pid in list(self.peers)))
         await asyncio.gather(*self._background, return_exceptions=True)
+        if self._cpu is not None:
+            await self._cpu.stop()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -355,7 +364,12 @@ class WebRtcServer:
 
     async def _health(self, request: web.Request) -> web.StreamResponse:
         return web.json_response(
-            {"peers": len(self.peers), "sessions": sorted(self.sessions), "draining": self.draining}
+            {
+                "peers": len(self.peers),
+                "sessions": sorted(self.sessions),
+                "draining": self.draining,
+                "cpu_load": round(self.load(), 3),
+            }
         )
 
     # -- signaling ---------------------------------------------------------------------
@@ -383,7 +397,16 @@ class WebRtcServer:
                 retry_after_s=60 // self.settings.offers_per_minute or 1,
             )
         if joining and len(self.peers) >= self.settings.max_peers:
-            raise RequestError(503, f"viewer limit reached ({self.settings.max_peers} peers)")
+            raise RequestError(
+                503, f"viewer limit reached ({self.settings.max_peers} peers)", retry_after_s=10
+            )
+        if joining and self.peers and (load := self.load()) >= self.settings.max_cpu_load:
+            raise RequestError(
+                503,
+                f"at capacity: CPU load {load:.0%} of {usable_cpus()} CPUs, admitting below "
+                f"{self.settings.max_cpu_load:.0%}; the viewers already here keep their stream",
+                retry_after_s=5,
+            )
         return source, claims
 
     def _claims(self, request: web.Request, session: str, need: Grant) -> Claims:

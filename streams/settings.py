@@ -82,6 +82,15 @@ class WebRtcSettings(BaseModel):
         description="Admitted POSTs per minute per client address and token subject (bad ones are free).",
     )
     max_peers: int = Field(64, ge=1, description="Live peer connections at most, over all sessions.")
+    max_cpu_load: float = Field(
+        0.85,
+        gt=0,
+        le=1,
+        description=(
+            "Admit a new viewer only while this process uses less than this share of its CPUs (averaged "
+            "over 5 s): each viewer is an encode here, and past saturation every viewer drops frames."
+        ),
+    )
     connect_timeout_s: float = Field(
         15.0, gt=0, le=120, description="An answered offer whose connection is not up by then is closed."
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -57,7 +57,11 @@ class Edge:
 
 @contextlib.asynccontextmanager
 async def served_anchor(
-    size: int = 256, ears: Stage | None = None, responder: Stage | None = None, **webrtc: Any
+    size: int = 256,
+    ears: Stage | None = None,
+    responder: Stage | None = None,
+    load: Callable[[], float] | None = None,
+    **webrtc: Any,
 ) -> AsyncIterator[Edge]:
     """``ears``: a root stage for viewer audio (the recognizer's place), when the test needs one;
     ``responder``: what answers (default: one that only reads ``say`` lines)."""
@@ -74,7 +78,7 @@ async def served_anchor(
         graph.add(ears)
     async with Runtime(settings) as rt:
         session = await rt.open_session(graph, session_id="main", look=PortraitLook(portrait))
-        server = WebRtcServer(settings.webrtc, {"main": session}, default_session="main")
+        server = WebRtcServer(settings.webrtc, {"main": session}, default_session="main", load=load)
         await server.start()
         try:
             yield Edge(server, session, server.url)

@@ -21,6 +21,7 @@ from anchor.app.cli import main
 from anchor.core.frames import AudioChunk, Frame
 from anchor.core.stage import Stage
 from anchor.responders.answer import Responder
+from streams.admission import CpuLoad
 from streams.auth import TokenAuthority
 from streams.server import close_pc
 from streams.settings import WebRtcSettings
@@ -260,6 +261,29 @@ async def test_an_offer_that_never_connects_gives_its_place_back(edge: Edge) -> 
         await close_pc(pc)
 
 
+async def test_new_viewers_are_refused_at_capacity_and_the_first_keeps_its_stream() -> None:
+    load = [0.97]
+    async with served_anchor(SIZE, load=lambda: load[0]) as edge:
+        first = await connect(edge.url)  # the first viewer is always admitted
+        try:
+            await until(lambda: len(first.video) >= 10)
+            _, sdp = await offer_sdp()
+            async with (
+                aiohttp.ClientSession() as http,
+                http.post(f"{edge.url}/offer", json={"sdp": sdp, "type": "offer"}) as r,
+            ):
+                assert r.status == 503 and r.headers["Retry-After"] == "5"
+                assert "at capacity: CPU load 97%" in (await r.json())["error"]
+            assert len(edge.server.peers) == 1
+            seen = len(first.video)
+            await until(lambda: len(first.video) >= seen + 25)  # a second more: its stream goes on
+            load[0] = 0.3
+            second = await connect(edge.url)
+            await second.close()
+        finally:
+            await first.close()
+
+
 async def test_a_viewers_question_reaches_that_viewer_not_the_audience() -> None:
     authority = TokenAuthority(SECRET.encode())
     async with served_anchor(SIZE, responder=Responder({}, "off"), jwt_secret=SECRET, dev_open=False) as edge:
@@ -465,3 +489,22 @@ def test_bench_streams_reports_viewers_latency_and_mqtt(capsys: pytest.CaptureFi
     assert result["viewer_steps"][0]["viewers"] == 1 and result["viewer_steps"][0]["min_fps"] > 0
     mqtt = result["mqtt_round_trip_ms"]
     assert "skipped" in mqtt or mqtt["p50"] > 0
+
+
+async def test_cpu_load_is_this_process_share_of_its_cpus() -> None:
+    began, frozen = time.monotonic(), [None]
+
+    def cpu_time() -> float:  # 1.5 CPU-seconds every wall second (three quarters of two CPUs), then idle
+        busy = 1.5 * (time.monotonic() - began)
+        return busy if frozen[0] is None else frozen[0]
+
+    gauge = CpuLoad(window_s=0.1, every_s=0.02, cpu_time=cpu_time, cpus=2)
+    gauge.start()
+    try:
+        await asyncio.sleep(0.5)
+        assert 0.65 < gauge() < 0.85, gauge()
+        frozen[0] = cpu_time()
+        await asyncio.sleep(0.5)
+        assert gauge() < 0.1, gauge()
+    finally:
+        await gauge.stop()

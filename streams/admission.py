@@ -1,0 +1,70 @@
+"""Admitting viewers by measured load: a new viewer is let in only while the process keeps up.
+
+Each WebRTC viewer costs its own video encode in this process, and every
+viewer slows when the CPUs are saturated (the first one included). So the
+server watches what this process actually uses of the CPUs it may run on,
+averaged over a few seconds, and refuses a new viewer (503 with
+``Retry-After``) while that is above ``webrtc.max_cpu_load``. The first
+viewer is always let in (with none, there is no one to protect, and the
+anchor's own work may well be most of the load). The fixed ``max_peers``
+stays as a hard ceiling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable
+
+from anchor.core.aio import cancel_and_wait
+
+
+def usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+class CpuLoad:
+    """This process's CPU time per wall second and usable CPU, smoothed over ``window_s`` (0..1, or
+    more when other processes' time is counted)."""
+
+    def __init__(
+        self,
+        *,
+        window_s: float = 5.0,
+        every_s: float = 0.5,
+        cpu_time: Callable[[], float] = time.process_time,
+        cpus: int | None = None,
+    ) -> None:
+        self.window_s = window_s
+        self.every_s = every_s
+        self._cpu_time = cpu_time
+        self._cpus = cpus or usable_cpus()
+        self.value = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._sample(), name="admission:cpu")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            await cancel_and_wait([self._task], 2.0)
+            self._task = None
+
+    def __call__(self) -> float:
+        return self.value
+
+    async def _sample(self) -> None:
+        cpu, wall = self._cpu_time(), time.monotonic()
+        while True:
+            await asyncio.sleep(self.every_s)
+            cpu_now, wall_now = self._cpu_time(), time.monotonic()
+            spent = wall_now - wall
+            if spent > 0:
+                busy = (cpu_now - cpu) / spent / self._cpus
+                weight = min(1.0, spent / self.window_s)
+                self.value += weight * (busy - self.value)
+            cpu, wall = cpu_now, wall_now
