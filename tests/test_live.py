@@ -51,7 +51,9 @@ async def test_the_live_anchor_serves_speaks_and_stops(tmp_path: Path) -> None:
         )
 
     await while_live(ready, tmp_path / "news.db", 60)
-    assert seen["health"] == {"peers": 0, "sessions": ["main"], "draining": False}
+    health = seen["health"]
+    assert isinstance(health, dict) and 0 <= health.pop("cpu_load") <= 2
+    assert health == {"peers": 0, "sessions": ["main"], "draining": False}
     assert seen["page"] == (200, True)
     assert seen["say"] == 202
     assert "mouth-gan" in seen["engines"], "our mouth GAN moves the live face by default"
