@@ -44,6 +44,7 @@ from streams.admission import CpuLoad, usable_cpus
 from streams.aiortc_compat import allow_loopback_candidates, tasks_of
 from streams.auth import AuthError, Claims, Grant, TokenAuthority
 from streams.settings import WebRtcSettings, is_loopback
+from streams.slow_clients import with_header_deadline
 from streams.tracks import ProgramAudioTrack, ProgramFeed, ProgramVideoTrack, pump_microphone
 
 log = logging.getLogger(__name__)
@@ -220,7 +221,7 @@ class WebRtcServer:
         self.draining = False
         self._background: set[asyncio.Task[None]] = set()
         self._runner: web.AppRunner | None = None
-        self._site: web.TCPSite | None = None
+        self._listener: asyncio.Server | None = None
         self.app = web.Application(
             client_max_size=settings.max_body_bytes, middlewares=[self._cors, self._errors]
         )
@@ -252,16 +253,24 @@ class WebRtcServer:
             allow_loopback_candidates()
         if self._cpu is not None:
             self._cpu.start()
-        self._runner = web.AppRunner(self.app, access_log=None)
+        self._runner = web.AppRunner(
+            self.app, access_log=None, keepalive_timeout=self.settings.keepalive_timeout_s
+        )
         await self._runner.setup()
-        self._site = web.TCPSite(self._runner, self.settings.host, self.settings.port)
-        await self._site.start()
+        handlers = self._runner.server
+        assert handlers is not None, "set up by AppRunner.setup()"
+        # Our own listener (not a TCPSite), so each connection's protocol gets a header deadline.
+        self._listener = await asyncio.get_running_loop().create_server(
+            with_header_deadline(handlers, self.settings.header_timeout_s),
+            self.settings.host,
+            self.settings.port,
+            reuse_address=True,
+        )
 
     @property
     def port(self) -> int:
-        assert self._runner is not None
-        addresses = self._runner.addresses
-        return int(addresses[0][1])
+        assert self._listener is not None
+        return int(self._listener.sockets[0].getsockname()[1])
 
     @property
     def url(self) -> str:
@@ -274,6 +283,9 @@ class WebRtcServer:
         await asyncio.gather(*self._background, return_exceptions=True)
         if self._cpu is not None:
             await self._cpu.stop()
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

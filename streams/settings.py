@@ -91,6 +91,12 @@ class WebRtcSettings(BaseModel):
             "over 5 s): each viewer is an encode here, and past saturation every viewer drops frames."
         ),
     )
+    header_timeout_s: float = Field(
+        10.0, gt=0, le=300, description="A new connection must have sent its request headers by then."
+    )
+    keepalive_timeout_s: float = Field(
+        30.0, gt=0, le=3600, description="An idle keep-alive connection is closed after this long."
+    )
     connect_timeout_s: float = Field(
         15.0, gt=0, le=120, description="An answered offer whose connection is not up by then is closed."
     )

@@ -284,6 +284,42 @@ async def test_new_viewers_are_refused_at_capacity_and_the_first_keeps_its_strea
             await first.close()
 
 
+async def read_response(reader: asyncio.StreamReader) -> bytes:
+    """One HTTP/1.1 response's status line (its headers and body read past)."""
+    status = await reader.readline()
+    length = 0
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    await reader.readexactly(length)
+    return status
+
+
+@pytest.mark.parametrize("edge", [{"header_timeout_s": 0.5}], indirect=True)
+async def test_a_client_that_never_finishes_its_headers_is_cut_off(edge: Edge) -> None:
+    port = edge.server.port
+    slow_reader, slow = await asyncio.open_connection("127.0.0.1", port)
+    writers = [slow]
+    try:
+        slow.write(b"POST /say HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: appl")  # ... and no more
+        began = time.monotonic()
+        async with asyncio.timeout(5):
+            closed = await slow_reader.read()  # EOF (or a reset) once the server gives up on it
+        assert closed == b"" and time.monotonic() - began < 3
+        prompt_reader, prompt = await asyncio.open_connection("127.0.0.1", port)
+        writers.append(prompt)
+        for _ in range(2):  # the second past the header deadline: a connection that made its request stays
+            prompt.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            async with asyncio.timeout(5):
+                status = await read_response(prompt_reader)
+            assert status.startswith(b"HTTP/1.1 200"), status
+            await asyncio.sleep(0.8)
+    finally:
+        for writer in writers:
+            writer.close()
+
+
 async def test_a_viewers_question_reaches_that_viewer_not_the_audience() -> None:
     authority = TokenAuthority(SECRET.encode())
     async with served_anchor(SIZE, responder=Responder({}, "off"), jwt_secret=SECRET, dev_open=False) as edge:
