@@ -74,17 +74,22 @@ async def test_two_hundred_viewers_leave_nothing_behind() -> None:
     await come_and_go(200)
 
 
+def _census(edge: Edge) -> dict[str, int]:
+    """What a viewer could leave behind: tasks, threads, descriptors, program subscriptions."""
+    gc.collect()
+    return {
+        "tasks": len(asyncio.all_tasks()),
+        "threads": threading.active_count(),
+        "fds": _fds(),
+        "subscribers": edge.session.pacer.subscribers,
+    }
+
+
 async def come_and_go(viewers: int) -> None:
     """``viewers`` come and go one after another; everything returns to where it was after the first."""
     async with served_anchor(256, offers_per_minute=10_000) as edge:
         await _one_viewer(edge)  # warm-up: codecs, ICE, the first encoder
-        gc.collect()
-        base = {
-            "tasks": len(asyncio.all_tasks()),
-            "threads": threading.active_count(),
-            "fds": _fds(),
-            "subscribers": edge.session.pacer.subscribers,
-        }
+        base = _census(edge)
         rss = []
         for n in range(viewers):
             await _one_viewer(edge)
@@ -92,13 +97,7 @@ async def come_and_go(viewers: int) -> None:
                 gc.collect()
                 rss.append(_rss_mb())
         await asyncio.sleep(0)
-        gc.collect()
-        after = {
-            "tasks": len(asyncio.all_tasks()),
-            "threads": threading.active_count(),
-            "fds": _fds(),
-            "subscribers": edge.session.pacer.subscribers,
-        }
+        after = _census(edge)
         assert not edge.server.peers
         assert after["subscribers"] == base["subscribers"]
         assert after["tasks"] <= base["tasks"], (base, after)
