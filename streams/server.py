@@ -129,7 +129,8 @@ class Peer:
 
 
 class RateLimiter:
-    """A token bucket per client address: ``per_minute`` requests, refilled continuously."""
+    """A token bucket per key (the server keys it by client address and token subject): ``per_minute``
+    requests, refilled continuously."""
 
     def __init__(self, per_minute: int, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.per_minute = per_minute
