@@ -18,7 +18,9 @@ from anchor.core.graph import AUDIO_OUT, Graph
 from anchor.core.realtime import RealTimeClock
 from anchor.core.runtime import Runtime
 from anchor.core.stage import StageContext
-from anchor.listen.recognizer import SpeechRecognizer, _agreed, _extension
+from anchor.listen.audio_in import InputConditioner
+from anchor.listen.recognizer import PRE_ROLL_S, SpeechRecognizer, _agreed, _extension
+from anchor.listen.vad import RATE, VadSegmenter
 from anchor.responders import SayResponder
 from anchor.speech.piper_stage import PiperTTS
 from anchor.testing.quality import word_error_rate
@@ -75,6 +77,13 @@ async def listen(
     return out
 
 
+def vad_starts_ms(audio: npt.NDArray[np.float32]) -> list[float]:
+    """Where a fresh VAD, fed the same conditioned audio, confirms each start (ms)."""
+    conditioner, vad = InputConditioner(RATE), VadSegmenter()
+    events = [e for chunk in chunks(audio) for e in vad.feed(conditioner(chunk))]
+    return [1000 * e.sample / RATE for e in events if e.kind == "start"]
+
+
 def silence(seconds: float) -> npt.NDArray[np.float32]:
     return np.zeros(int(48000 * seconds), dtype=np.float32)
 
@@ -90,9 +99,13 @@ async def test_speech_between_silences_is_segmented_and_transcribed(
     assert len(starts) == 2 and len(finals) == 2
     assert [f.utterance_id for f in finals] == [s.utterance_id for s in starts]
     assert word_error_rate([FIRST, SECOND], [f.text for f in finals]) <= 0.2
+    detected = vad_starts_ms(audio)
     onsets = [1000.0, 1000 * (1.0 + len(a) / 48000 + 1.5)]
-    for final, onset in zip(finals, onsets, strict=True):
-        assert abs(final.start_ms - (onset - 300)) < 300, "starts at the detected onset minus the pre-roll"
+    for final, found, onset in zip(finals, detected, onsets, strict=True):
+        assert onset - 100 <= found <= onset + 1000, "the VAD finds speech near its onset"
+        assert final.start_ms == pytest.approx(found - 1000 * PRE_ROLL_S, abs=1), (
+            "starts at the detected onset minus the pre-roll"
+        )
         times = [w.start_ms for w in final.words]
         assert times == sorted(times) and onset - 400 < times[0] < onset + 400
 
@@ -152,7 +165,7 @@ async def test_bad_input_is_normalised_and_memory_stays_flat(
         assert stage.conditioner.repaired_samples == 3
         for chunk in chunks(silence(120), rate=48000, ms=500):  # two minutes of silence
             assert [f async for f in stage.process(chunk)] == []
-        assert stage.buffered_samples <= 16000 * 0.3 + 1, "idle: only the pre-roll is kept"
+        assert stage.buffered_samples <= RATE * (PRE_ROLL_S + 0.15), "idle: the pre-roll and VAD look-back only"
     finally:
         await stage.stop()
 

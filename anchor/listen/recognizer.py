@@ -16,7 +16,8 @@ VAD runs on every chunk, on the event loop itself (about 1.4 ms per 32 ms
 window): barge-in must not queue behind Whisper decodes that hold the
 worker threads. Partial decoding runs in one background task, so a slow
 decode never delays barge-in. Audio kept is bounded: the utterance
-(at most ``max_utterance_s``) and a short pre-roll.
+(at most ``max_utterance_s``) and a short pre-roll, plus the VAD's look-back
+so that a start confirmed a few windows late still gets all of its pre-roll.
 """
 
 from __future__ import annotations
@@ -138,7 +139,8 @@ class SpeechRecognizer(Stage):
                 if final is not None:
                     yield final
         if not self.speaking:
-            keep = int(PRE_ROLL_S * RATE)  # idle: only the pre-roll is kept (flat memory)
+            # Idle: keep only the pre-roll before the earliest sample a next "start" may name (flat memory).
+            keep = int(PRE_ROLL_S * RATE) + self._vad.lookback_samples
             self._audio, self._audio_start = self._audio[-keep:], self._stream - min(keep, len(self._audio))
             return
         self._speculate()

@@ -77,6 +77,12 @@ class VadSegmenter:
         return None
 
     @property
+    def lookback_samples(self) -> int:
+        """How far before the stream's end a "start" event may point: the confirming windows and
+        the samples still pending a full window."""
+        return (self.start_windows + 1) * WINDOW
+
+    @property
     def silence_from(self) -> int | None:
         """While speaking: where the current run of quiet windows began (a likely end), if any."""
         if not self.speaking or self._run == 0:
