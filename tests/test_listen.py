@@ -165,7 +165,9 @@ async def test_bad_input_is_normalised_and_memory_stays_flat(
         assert stage.conditioner.repaired_samples == 3
         for chunk in chunks(silence(120), rate=48000, ms=500):  # two minutes of silence
             assert [f async for f in stage.process(chunk)] == []
-        assert stage.buffered_samples <= RATE * (PRE_ROLL_S + 0.15), "idle: the pre-roll and VAD look-back only"
+        assert stage.buffered_samples <= RATE * (PRE_ROLL_S + 0.15), (
+            "idle: the pre-roll and VAD look-back only"
+        )
     finally:
         await stage.stop()
 
