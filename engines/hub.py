@@ -38,6 +38,9 @@ class Runnable(Protocol):
     def close(self) -> None: ...
 
 
+_BATCHES_KEPT = 1000
+
+
 class HubClosed(RuntimeError):
     pass
 
@@ -53,7 +56,9 @@ class _Request:
 class Batcher:
     """Loads one engine on its own worker thread, then forms and runs its micro-batches."""
 
-    def __init__(self, spec: EngineSpec, settings: EngineSettings) -> None:
+    def __init__(
+        self, spec: EngineSpec, settings: EngineSettings, on_batch: Callable[[str, int], None] | None = None
+    ) -> None:
         self.name = spec.name
         self.spec = spec
         self.max_batch = min(settings.max_batch, spec.axes[spec.batch_axis].max) if spec.batchable else 1
@@ -65,7 +70,9 @@ class Batcher:
         self._space = asyncio.Event()
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"engine-{spec.name}")
         self._task: asyncio.Task[None] | None = None
-        self.batches: list[int] = []  # rows per batch run, for tests and benchmarks
+        # Rows per batch run, the latest few (a list would grow for as long as the process runs).
+        self.batches: deque[int] = deque(maxlen=_BATCHES_KEPT)
+        self._on_batch = on_batch
         self.warm = False
 
     async def open(self, opener: Callable[[EngineSpec], Runnable]) -> None:
@@ -131,7 +138,10 @@ class Batcher:
 
     async def _execute(self, batch: list[_Request]) -> None:
         loop = asyncio.get_running_loop()
-        self.batches.append(sum(r.rows for r in batch))
+        rows = sum(r.rows for r in batch)
+        self.batches.append(rows)
+        if self._on_batch is not None:
+            self._on_batch(self.name, rows)
         try:
             if len(batch) == 1:
                 outputs = [await loop.run_in_executor(self._thread, self._run, batch[0].inputs)]
@@ -170,8 +180,12 @@ class EngineHub:
         settings: EngineSettings,
         specs: Mapping[str, EngineSpec],
         opener: Callable[[EngineSpec], Runnable],
+        *,
+        on_batch: Callable[[str, int], None] | None = None,
     ) -> None:
+        """``on_batch(engine, rows)`` is called after each batch is formed (for metrics)."""
         self.settings = settings
+        self._on_batch = on_batch
         self.specs = dict(specs)
         self._opener = opener
         self._batchers: dict[str, Batcher] = {}
@@ -198,7 +212,7 @@ class EngineHub:
                 self._opening.pop(name, None)
 
     async def _open(self, name: str) -> Batcher:
-        batcher = Batcher(self.specs[name], self.settings)
+        batcher = Batcher(self.specs[name], self.settings, self._on_batch)
         try:
             await batcher.open(self._opener)
         except BaseException:

@@ -27,6 +27,8 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.sdp import SessionDescription
+from prometheus_client import CONTENT_TYPE_LATEST as PROMETHEUS_CONTENT_TYPE
+from prometheus_client import CollectorRegistry, generate_latest
 
 from anchor.core.aio import cancel_and_wait
 from anchor.core.commands import (
@@ -43,6 +45,7 @@ from anchor.core.frames import AudioChunk
 from streams.admission import CpuLoad, usable_cpus
 from streams.aiortc_compat import allow_loopback_candidates, tasks_of
 from streams.auth import AuthError, Claims, Grant, TokenAuthority
+from streams.observability import ServerCollector
 from streams.settings import WebRtcSettings, is_loopback
 from streams.slow_clients import with_header_deadline
 from streams.tracks import ProgramAudioTrack, ProgramFeed, ProgramVideoTrack, pump_microphone
@@ -92,6 +95,10 @@ class ProgramSource(Protocol[Feed]):
 
     async def ask(self, question: str, *, asker: str = ...) -> str: ...
 
+    def live_lines(self) -> int:
+        """Lines queued or being spoken now."""
+        ...
+
     def has_room(self) -> bool:
         """Whether a new line from outside (say, ask) may queue now."""
         ...
@@ -112,10 +119,13 @@ class Newsroom(Protocol):
 
 
 class RequestError(ValueError):
-    def __init__(self, status: int, message: str, *, retry_after_s: int | None = None) -> None:
+    def __init__(
+        self, status: int, message: str, *, retry_after_s: int | None = None, close: bool = False
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.retry_after_s = retry_after_s
+        self.close = close  # the rest of the stream is unread: answer, then close the connection
 
 
 @dataclass
@@ -207,13 +217,18 @@ class WebRtcServer:
         on_event: Callable[[str, str], Awaitable[None]] | None = None,
         newsrooms: Mapping[str, Newsroom] | None = None,
         load: Callable[[], float] | None = None,
+        registry: CollectorRegistry | None = None,
     ) -> None:
-        """``load``: this process's CPU load (0..1) for admission; by default measured (``CpuLoad``)."""
+        """``load``: this process's CPU load (0..1) for admission; by default measured (``CpuLoad``).
+        ``registry``: the Prometheus registry ``/metrics`` serves (the runtime's), which gets this
+        server's gauges too. Sessions may be added after ``start`` (``add_session``): until the first
+        one is, the server is live (``/healthz``) but not ready (``/readyz``)."""
         self.settings = settings
         self._cpu = None if load is not None else CpuLoad()
         self.load: Callable[[], float] = load or self._cpu or (lambda: 0.0)
-        self.sessions = sessions
-        self.newsrooms = newsrooms or {}
+        self.sessions: dict[str, ProgramSource[Any]] = dict(sessions)
+        self.newsrooms: dict[str, Newsroom] = dict(newsrooms or {})
+        self.registry = registry
         self.default_session = default_session
         secret = settings.jwt_secret.get_secret_value().encode() if settings.jwt_secret else None
         self.tokens = TokenAuthority(secret) if secret else None
@@ -223,6 +238,8 @@ class WebRtcServer:
         self._background: set[asyncio.Task[None]] = set()
         self._runner: web.AppRunner | None = None
         self._listener: asyncio.Server | None = None
+        if registry is not None:  # after the state it reads: registering collects once
+            registry.register(ServerCollector(self, self.load, self._live_lines))
         self.app = web.Application(
             client_max_size=settings.max_body_bytes, middlewares=[self._cors, self._errors]
         )
@@ -231,6 +248,8 @@ class WebRtcServer:
                 web.get("/", self._page),
                 web.get("/config", self._config),
                 web.get("/healthz", self._health),
+                web.get("/readyz", self._ready),
+                web.get("/metrics", self._metrics),
                 web.post("/offer", self._offer),
                 web.options("/offer", self._preflight),
                 web.post("/whep/{session}", self._whep),
@@ -249,6 +268,31 @@ class WebRtcServer:
         )
 
     # -- lifecycle -----------------------------------------------------------------
+    def add_session(
+        self, session_id: str, source: ProgramSource[Any], newsroom: Newsroom | None = None
+    ) -> None:
+        self.sessions[session_id] = source
+        if newsroom is not None:
+            self.newsrooms[session_id] = newsroom
+
+    @property
+    def ready(self) -> bool:
+        """Takes new viewers and commands: the default session is open and the server is not draining."""
+        return self.default_session in self.sessions and not self.draining
+
+    def viewers(self) -> dict[str, int]:
+        counts = dict.fromkeys(self.sessions, 0)
+        for peer in self.peers.values():
+            counts[peer.session] = counts.get(peer.session, 0) + 1
+        return counts
+
+    def _live_lines(self) -> dict[str, int]:
+        return {name: source.live_lines() for name, source in self.sessions.items()}
+
+    def drain(self) -> None:
+        """Refuse new viewers and commands (503, and ``/readyz`` says so); viewers here keep watching."""
+        self.draining = True
+
     async def start(self) -> None:
         if is_loopback(self.settings.host):
             allow_loopback_candidates()
@@ -338,7 +382,13 @@ class WebRtcServer:
             return await handler(request)
         except RequestError as exc:
             headers = None if exc.retry_after_s is None else {"Retry-After": str(exc.retry_after_s)}
-            return web.json_response({"error": str(exc)}, status=exc.status, headers=headers)
+            response = web.json_response({"error": str(exc)}, status=exc.status, headers=headers)
+            if exc.close:  # aiohttp would otherwise linger to read the rest of the body
+                await response.prepare(request)
+                await response.write_eof()
+                if request.transport is not None:
+                    request.transport.close()
+            return response
         except AuthError as exc:
             headers = {"WWW-Authenticate": 'Bearer realm="anchor"'} if exc.status == 401 else None
             return web.json_response({"error": str(exc)}, status=exc.status, headers=headers)
@@ -375,15 +425,28 @@ class WebRtcServer:
             }
         )
 
+    def _state(self) -> dict[str, Any]:
+        return {
+            "ready": self.ready,
+            "peers": len(self.peers),
+            "sessions": sorted(self.sessions),
+            "draining": self.draining,
+            "cpu_load": round(self.load(), 3),
+        }
+
     async def _health(self, request: web.Request) -> web.StreamResponse:
-        return web.json_response(
-            {
-                "peers": len(self.peers),
-                "sessions": sorted(self.sessions),
-                "draining": self.draining,
-                "cpu_load": round(self.load(), 3),
-            }
-        )
+        """Liveness: the process answers (models may still be loading; see ``/readyz``)."""
+        return web.json_response(self._state())
+
+    async def _ready(self, request: web.Request) -> web.StreamResponse:
+        """Readiness: 200 while new viewers are taken, 503 while starting or draining."""
+        return web.json_response(self._state(), status=200 if self.ready else 503)
+
+    async def _metrics(self, request: web.Request) -> web.StreamResponse:
+        if self.registry is None:
+            raise RequestError(404, "this server has no metrics registry")
+        body = generate_latest(self.registry)
+        return web.Response(body=body, headers={"Content-Type": PROMETHEUS_CONTENT_TYPE})
 
     # -- signaling ---------------------------------------------------------------------
     def _admit(
@@ -399,6 +462,8 @@ class WebRtcServer:
         caller's rate limit (its address and subject): bad requests, refused before any work, cost an
         honest client nothing."""
         source = self.sessions.get(session)
+        if source is None and not self.ready:
+            raise RequestError(503, "the anchor is starting (models loading)", retry_after_s=5)
         if source is None:
             raise RequestError(404, f"no session {session!r}; live: {sorted(self.sessions)}")
         claims = self._claims(request, session, need)
@@ -437,10 +502,15 @@ class WebRtcServer:
     async def _read(self, request: web.Request) -> bytes:
         """The body of a POST, after the shutdown and size checks."""
         if self.draining:
-            raise RequestError(503, "the server is shutting down")
+            raise RequestError(503, "the server is shutting down", retry_after_s=5)
         if request.content_length is not None and request.content_length > self.settings.max_body_bytes:
             raise RequestError(413, f"request body exceeds {self.settings.max_body_bytes} bytes")
-        return await request.read()
+        try:
+            async with asyncio.timeout(self.settings.body_timeout_s):
+                return await request.read()
+        except TimeoutError:
+            limit = self.settings.body_timeout_s
+            raise RequestError(408, f"request body not received within {limit:g} s", close=True) from None
 
     async def _offer(self, request: web.Request) -> web.StreamResponse:
         sdp, session = parse_offer_json(await self._read(request))

@@ -94,6 +94,18 @@ class WebRtcSettings(BaseModel):
     header_timeout_s: float = Field(
         10.0, gt=0, le=300, description="A new connection must have sent its request headers by then."
     )
+    body_timeout_s: float = Field(
+        10.0, gt=0, le=300, description="A request body must arrive in full this long after its headers."
+    )
+    drain_grace_s: float = Field(
+        30.0,
+        ge=0,
+        le=3600,
+        description=(
+            "On SIGTERM: new viewers and lines are refused at once, and the line being spoken may finish "
+            "for up to this long before the viewers are closed (keep it below the supervisor's kill timeout)."
+        ),
+    )
     keepalive_timeout_s: float = Field(
         30.0, gt=0, le=3600, description="An idle keep-alive connection is closed after this long."
     )

@@ -78,7 +78,13 @@ async def served_anchor(
         graph.add(ears)
     async with Runtime(settings) as rt:
         session = await rt.open_session(graph, session_id="main", look=PortraitLook(portrait))
-        server = WebRtcServer(settings.webrtc, {"main": session}, default_session="main", load=load)
+        server = WebRtcServer(
+            settings.webrtc,
+            {"main": session},
+            default_session="main",
+            load=load,
+            registry=rt.metrics.registry,
+        )
         await server.start()
         try:
             yield Edge(server, session, server.url)

@@ -15,6 +15,7 @@ from torch import nn
 
 from anchor.core.frames import Frame, TextDelta
 from anchor.core.graph import AUDIO_OUT, Graph
+from anchor.core.metrics import Metrics
 from anchor.core.runtime import Runtime
 from anchor.core.stage import Stage
 from engines.hub import EngineHub
@@ -56,7 +57,9 @@ class FakeEngine:
         self.closed = True
 
 
-def hub_with(engine: FakeEngine, **settings: float) -> tuple[EngineHub, list[str]]:
+def hub_with(
+    engine: FakeEngine, metrics: Metrics | None = None, **settings: float
+) -> tuple[EngineHub, list[str]]:
     opened: list[str] = []
 
     def opener(spec: EngineSpec) -> FakeEngine:
@@ -64,7 +67,8 @@ def hub_with(engine: FakeEngine, **settings: float) -> tuple[EngineHub, list[str
         return engine
 
     specs = {"double": doubling_spec()}
-    return EngineHub(EngineSettings(**settings), specs, opener), opened  # type: ignore[arg-type]
+    on_batch = metrics.observe_batch if metrics else None
+    return EngineHub(EngineSettings(**settings), specs, opener, on_batch=on_batch), opened  # type: ignore[arg-type]
 
 
 def row(value: float, n: int = 4, rows: int = 1) -> dict[str, npt.NDArray[np.generic]]:
@@ -72,8 +76,8 @@ def row(value: float, n: int = 4, rows: int = 1) -> dict[str, npt.NDArray[np.gen
 
 
 async def test_concurrent_callers_are_batched_and_each_gets_its_own_rows() -> None:
-    engine = FakeEngine(latency_s=0.02)
-    hub, opened = hub_with(engine, max_batch=16, max_wait_ms=20)
+    engine, metrics = FakeEngine(latency_s=0.02), Metrics()
+    hub, opened = hub_with(engine, metrics, max_batch=16, max_wait_ms=20)
     async with hub:
         requests = [row(float(i), rows=1 + i % 3) for i in range(12)]
         results = await asyncio.gather(*(hub.infer("double", r) for r in requests))
@@ -84,6 +88,8 @@ async def test_concurrent_callers_are_batched_and_each_gets_its_own_rows() -> No
     assert max(batcher.batches) > 1, f"no batching happened: {batcher.batches}"
     assert all(size <= 16 for size in batcher.batches)
     assert sum(batcher.batches) == sum(r["x"].shape[0] for r in requests)
+    assert metrics.value("anchor_engine_batch_rows_count", engine="double") == len(batcher.batches)
+    assert metrics.value("anchor_engine_batch_rows_sum", engine="double") == sum(batcher.batches)
     assert engine.closed
 
 

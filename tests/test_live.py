@@ -10,16 +10,19 @@ from typing import Any
 
 import aiohttp
 import numpy as np
+import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
-from anchor.app.live import LiveAnchor, while_serving
+from anchor.app.live import LiveAnchor, serve, while_serving
 from anchor.app.offline import join_audio, render_text
 from anchor.app.settings import AppSettings
+from anchor.core.runtime import Runtime
 from anchor.responders.faq import load_faq
 from anchor.testing.quality import word_error_rate
 from streams.auth import TokenAuthority
 from streams.server import close_pc
 from tests.edge import Microphone
+from tests.helpers import free_port
 
 
 async def while_live(
@@ -53,7 +56,7 @@ async def test_the_live_anchor_serves_speaks_and_stops(tmp_path: Path) -> None:
     await while_live(ready, tmp_path / "news.db", 60)
     health = seen["health"]
     assert isinstance(health, dict) and 0 <= health.pop("cpu_load") <= 2
-    assert health == {"peers": 0, "sessions": ["main"], "draining": False}
+    assert health == {"ready": True, "peers": 0, "sessions": ["main"], "draining": False}
     assert seen["page"] == (200, True)
     assert seen["say"] == 202
     assert "mouth-gan" in seen["engines"], "our mouth GAN moves the live face by default"
@@ -149,3 +152,74 @@ async def test_news_from_the_page_is_queued_listed_and_read(tmp_path: Path) -> N
     listing = seen["listing"]
     assert listing["desk"]["on_air"] is True
     assert [i["id"] for i in listing["pending"] + listing["recent"]] == [body["id"]]
+
+
+async def test_a_drain_refuses_newcomers_lets_the_line_finish_then_stops(tmp_path: Path) -> None:
+    """What SIGTERM does in ``anchor run``: ``stop`` set while a line is spoken."""
+    settings = AppSettings(  # type: ignore[arg-type]
+        webrtc={"port": 0, "drain_grace_s": 60}, news={"database": tmp_path / "news.db"}
+    )
+    stop, up = asyncio.Event(), asyncio.get_running_loop().create_future()
+
+    async def ready(live: LiveAnchor) -> None:
+        up.set_result(live)
+
+    serving = asyncio.get_running_loop().create_task(serve(settings, ready, stop=stop))
+    async with asyncio.timeout(120):
+        live: LiveAnchor = await asyncio.shield(up)
+        session = live.runtime.sessions["main"]
+        events = session.events()
+        url = live.server.url
+        said = await session.say("Good evening. This line is read to its end before the anchor goes. " * 2)
+        while (event := await events.next()) is not None and event.kind != "audio_started":
+            pass
+        stop.set()
+        async with aiohttp.ClientSession() as http:
+            while True:
+                async with http.get(f"{url}/readyz") as r:
+                    if r.status == 503:
+                        assert (await r.json())["draining"] is True
+                        break
+                await asyncio.sleep(0.05)
+            async with http.get(f"{url}/healthz") as r:
+                assert r.status == 200, "still alive while draining"
+            async with http.post(f"{url}/say", json={"text": "One more thing."}) as r:
+                assert r.status == 503 and r.headers["Retry-After"] == "5"
+            async with http.post(f"{url}/offer", json={"sdp": "v=0", "type": "offer"}) as r:
+                assert r.status == 503
+            async with http.get(f"{url}/metrics") as r:
+                assert "anchor_draining 1.0" in await r.text()
+        ends = []
+        while (event := await events.next()) is not None:
+            if event.kind == "utterance_finished":
+                ends.append((event.utterance_id, event.detail))
+        await serving
+    assert ends[0] == (said, "done"), "the line being spoken finished before the anchor closed"
+
+
+async def test_the_page_and_health_come_before_the_models_and_readiness_after(tmp_path: Path) -> None:
+    port = free_port()
+    settings = AppSettings(webrtc={"port": port}, news={"database": tmp_path / "news.db"})  # type: ignore[arg-type]
+    url = f"http://127.0.0.1:{port}"
+    seen: list[tuple[int, int]] = []
+    original = Runtime.open_session
+
+    async def slow_open(runtime: Runtime, *args: Any, **kwargs: Any) -> Any:
+        """While the session opens (the models load), ask the already-started server how it is."""
+        async with aiohttp.ClientSession() as http:
+            for path in ("/healthz", "/readyz"):
+                async with http.get(f"{url}{path}") as r:
+                    seen.append((r.status, 0))
+            async with http.post(f"{url}/offer", json={"sdp": "v=0", "type": "offer"}) as r:
+                seen.append((r.status, int(r.headers.get("Retry-After", 0))))
+        return await original(runtime, *args, **kwargs)
+
+    async def check(live: LiveAnchor) -> None:
+        async with aiohttp.ClientSession() as http, http.get(f"{live.server.url}/readyz") as r:
+            seen.append((r.status, 0))
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Runtime, "open_session", slow_open)
+        async with asyncio.timeout(90):
+            await while_serving(settings, check)
+    assert seen == [(200, 0), (503, 0), (503, 5), (200, 0)]

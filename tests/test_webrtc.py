@@ -320,6 +320,63 @@ async def test_a_client_that_never_finishes_its_headers_is_cut_off(edge: Edge) -
             writer.close()
 
 
+@pytest.mark.parametrize("edge", [{"body_timeout_s": 0.5}], indirect=True)
+async def test_a_body_that_trickles_in_is_refused_with_408_and_the_connection_closed(edge: Edge) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", edge.server.port)
+    try:
+        body = b'{"text": "Good evening."}'
+        writer.write(
+            b"POST /say HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body) + body[:3]
+        )
+        began = time.monotonic()
+        async with asyncio.timeout(5):
+            status = await read_response(reader)
+            assert status.startswith(b"HTTP/1.1 408"), status
+            assert time.monotonic() - began < 3
+            assert await reader.read() == b"", "the server closes the connection after its answer"
+        status_code, _ = await post(edge.url, "/say", json={"text": "Good evening."})
+        assert status_code == 202, "a prompt client is served as before"
+    finally:
+        writer.close()
+
+
+async def test_metrics_count_viewers_and_lines_and_health_says_ready(edge: Edge) -> None:
+    async def scrape() -> dict[str, float]:
+        async with aiohttp.ClientSession() as http, http.get(f"{edge.url}/metrics") as r:
+            assert r.status == 200 and r.headers["Content-Type"].startswith("text/plain; version=")
+            text = await r.text()
+        return {
+            name: float(value)
+            for line in text.splitlines()
+            if line and not line.startswith("#")
+            for name, value in [line.rsplit(" ", 1)]
+        }
+
+    before = await scrape()
+    assert before['anchor_viewers{session="main"}'] == 0
+    assert before["anchor_ready"] == 1 and before["anchor_draining"] == 0
+    viewer = await connect(edge.url)
+    try:
+        await until(lambda: len(viewer.video) > 5)
+        status, reply = await post(edge.url, "/say", json={"text": "Good evening, and welcome to the news."})
+        assert status == 202, reply
+        during = await scrape()
+        assert during['anchor_viewers{session="main"}'] == 1
+        assert during['anchor_live_utterances{session="main"}'] == 1
+        await edge.session.outcome(reply["utterance"])
+        after = await scrape()
+        assert after['anchor_utterances_total{outcome="done"}'] >= 1
+        assert after['anchor_live_utterances{session="main"}'] == 0
+        assert after["anchor_first_audio_seconds_count"] >= 1
+        assert any(name.startswith("anchor_stage_latency_seconds_bucket") for name in after)
+    finally:
+        await viewer.close()
+    for path, code in (("/healthz", 200), ("/readyz", 200)):
+        async with aiohttp.ClientSession() as http, http.get(f"{edge.url}{path}") as r:
+            assert r.status == code and (await r.json())["ready"] is True
+
+
 async def test_a_viewers_question_reaches_that_viewer_not_the_audience() -> None:
     authority = TokenAuthority(SECRET.encode())
     async with served_anchor(SIZE, responder=Responder({}, "off"), jwt_secret=SECRET, dev_open=False) as edge:

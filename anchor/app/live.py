@@ -25,6 +25,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+from prometheus_client import Gauge
 from pydantic import SecretStr
 
 from anchor.app.mqtt_control import SessionControl
@@ -110,10 +111,14 @@ async def serve(
     ready: Callable[[LiveAnchor], Awaitable[None]],
     *,
     outputs: Sequence[Path | str] = (),
+    stop: asyncio.Event | None = None,
 ) -> None:
-    """Run the anchor until cancelled; ``ready`` is awaited once viewers can connect.
+    """Run the anchor until cancelled, or until ``stop`` is set and it has drained; ``ready`` is awaited
+    once viewers can connect.
 
-    ``outputs``: MP4 files and ``rtmp://`` URLs that get the program too.
+    The page, ``/healthz`` and ``/metrics`` are served before the models load, so a supervisor sees a
+    live process at once; ``/readyz`` turns 200 when the session is up. ``outputs``: MP4 files and
+    ``rtmp://`` URLs that get the program too.
     """
     settings = with_run_secret(settings)
     portrait = await asyncio.to_thread(default_portrait, settings)
@@ -121,6 +126,13 @@ async def serve(
     responder = live_responder(settings.responder)
     # Each part is released (in reverse order) however far start-up got: a port in use, a bad broker.
     async with Runtime(settings) as runtime, contextlib.AsyncExitStack() as parts:
+        server = WebRtcServer(settings.webrtc, {}, default_session=SESSION, registry=runtime.metrics.registry)
+        parts.push_async_callback(server.close)
+        try:
+            await server.start()
+        except OSError as exc:
+            where = f"{settings.webrtc.host}:{settings.webrtc.port}"
+            raise ConfigError(f"cannot serve the viewer page on {where}: {exc.strerror}") from None
         session = await runtime.open_session(
             anchor_graph(portrait, settings.media.fps, responder, voice, settings.face.driver),
             session_id=SESSION,
@@ -141,19 +153,16 @@ async def serve(
         owner.spawn(desk.run(), "news-desk")
         if settings.news.scripts is not None:
             owner.spawn(ScriptFeed(desk, settings.news.scripts, settings.news.poll_s).run(), "news-scripts")
-        server = WebRtcServer(
-            settings.webrtc, {SESSION: session}, default_session=SESSION, newsrooms={SESSION: desk}
-        )
-        parts.push_async_callback(server.close)
-        try:
-            await server.start()
-        except OSError as exc:
-            where = f"{settings.webrtc.host}:{settings.webrtc.port}"
-            raise ConfigError(f"cannot serve the viewer page on {where}: {exc.strerror}") from None
+        control_target = SessionControl(session, desk=desk, responder=responder)
         if settings.mqtt.url:
-            control = MqttControl(settings.mqtt, SessionControl(session, desk=desk, responder=responder))
+            control = MqttControl(settings.mqtt, control_target)
             control.start()
             parts.push_async_callback(control.stop)
+            registry = runtime.metrics.registry
+            connected = Gauge(
+                "anchor_mqtt_connected", "1 while connected to the MQTT broker.", registry=registry
+            )
+            connected.set_function(lambda: float(control.connected.is_set()))
         media = settings.media
         for target in outputs:
             recorder = ProgramRecorder(
@@ -166,13 +175,34 @@ async def serve(
             )
             parts.push_async_callback(recorder.stop)
             await recorder.start()
+        server.add_session(SESSION, session, desk)
         secret = settings.webrtc.jwt_secret
         token = None
         if secret is not None:
             authority = TokenAuthority(secret.get_secret_value().encode())
             token = authority.issue("console", SESSION, {"watch", "talk", "control"})
         await ready(LiveAnchor(runtime, server, token, desk))
-        await asyncio.Event().wait()
+        await (stop or asyncio.Event()).wait()
+        await drain(server, control_target, desk, settings.webrtc.drain_grace_s)
+
+
+async def drain(server: WebRtcServer, control: SessionControl, desk: NewsDesk, grace_s: float) -> None:
+    """Refuse new viewers and lines, let the line being spoken finish (news resumes after it on the
+    next start), for at most ``grace_s``; the viewers here watch until then."""
+    server.drain()
+    control.draining = True
+    desk.set_on_air(False)
+    session = desk.session
+    log.info("draining: %d line(s) to finish, at most %.0f s", session.live_lines(), grace_s)
+    events = session.events()
+    try:
+        async with asyncio.timeout(grace_s):
+            while session.live_lines() and await events.next() is not None:
+                pass
+    except TimeoutError:
+        log.warning("drain: %d line(s) still live after %.0f s; cutting them", session.live_lines(), grace_s)
+    finally:
+        events.close()
 
 
 async def while_serving(settings: AppSettings, check: Callable[[LiveAnchor], Awaitable[None]]) -> None:
@@ -203,15 +233,22 @@ def run_forever(settings: AppSettings, outputs: Sequence[Path | str] = ()) -> in
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         assert task is not None
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, task.cancel)
+        stop = asyncio.Event()
+
+        def terminate() -> None:  # the first SIGTERM drains; another stops at once
+            if stop.is_set():
+                task.cancel()
+            stop.set()
+
+        loop.add_signal_handler(signal.SIGINT, task.cancel)
+        loop.add_signal_handler(signal.SIGTERM, terminate)
 
         async def announce(live: LiveAnchor) -> None:
             print(f"anchor is live: open {live.viewer_url}", flush=True)
             if live.token:
                 print("the token in that URL is valid for 10 minutes (watch, talk, control)", flush=True)
 
-        await serve(settings, announce, outputs=outputs)
+        await serve(settings, announce, outputs=outputs, stop=stop)
 
     try:
         with suppress(asyncio.CancelledError, KeyboardInterrupt):

@@ -34,10 +34,13 @@ class SessionControl:
         self.session = session
         self.desk = desk
         self.responder = responder
+        self.draining = False  # shutting down: no new lines
 
     async def execute(self, command: Command) -> str:
         if self.session.state != "running":
             raise CommandError(f"session {self.session.id} is {self.session.state}")
+        if isinstance(command, Say | Ask) and self.draining:
+            raise CommandError(f"session {self.session.id} is shutting down; it takes no new lines")
         if isinstance(command, Say | Ask) and not self.session.has_room():
             limit = self.session.settings.graph.max_live_utterances
             raise CommandError(

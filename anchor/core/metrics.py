@@ -82,6 +82,13 @@ class Metrics:
             registry=reg,
         )
         self.sessions = Gauge("anchor_sessions", "Open sessions.", registry=reg)
+        self.engine_batch_rows = Histogram(
+            "anchor_engine_batch_rows",
+            "Rows per engine run (micro-batches joined from concurrent requests).",
+            ["engine"],
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=reg,
+        )
         self._live: dict[str, UtteranceSpan] = {}
         self._done: deque[UtteranceSpan] = deque(maxlen=spans_kept)
         self._interrupts: deque[float] = deque(maxlen=spans_kept)
@@ -131,6 +138,9 @@ class Metrics:
         self.stage_latency.labels(stage).observe(seconds)
         kept = self._stage_ms.setdefault(stage, deque(maxlen=self._spans_kept))
         kept.append(seconds * 1000)
+
+    def observe_batch(self, engine: str, rows: int) -> None:
+        self.engine_batch_rows.labels(engine).observe(rows)
 
     def value(self, name: str, **labels: str) -> float:
         """The current value of the sample ``name`` with ``labels`` (0 when it was never set)."""

@@ -34,6 +34,7 @@ class Runtime:
             self.settings.engines,
             catalog(self.settings.engines),
             lambda spec: open_engine(spec, self.settings.engines),
+            on_batch=self.metrics.observe_batch,
         )
         self.sessions: dict[str, Session] = {}
         self._ids = itertools.count(1)

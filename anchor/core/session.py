@@ -208,9 +208,13 @@ class Session:
         await self._open(Say(text=text, utterance_id=utt.id, uninterruptible=uninterruptible))
         return utt.id
 
+    def live_lines(self) -> int:
+        """Utterances queued or being spoken now."""
+        return len(self.utterances.live())
+
     def has_room(self) -> bool:
         """Whether a new line from outside may queue: fewer than ``graph.max_live_utterances`` are live."""
-        return len(self.utterances.live()) < self.settings.graph.max_live_utterances
+        return self.live_lines() < self.settings.graph.max_live_utterances
 
     async def ask(self, question: str, *, asker: str = "") -> str:
         """Answer ``question`` (a viewer's words) as a new utterance through the graph's responder.
