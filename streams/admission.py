@@ -8,6 +8,13 @@ averaged over a few seconds, and refuses a new viewer (503 with
 viewer is always let in (with none, there is no one to protect, and the
 anchor's own work may well be most of the load). The fixed ``max_peers``
 stays as a hard ceiling.
+
+CPU share alone cannot see a machine shared with other work (the anchor
+then falls behind below its own threshold), so the viewers themselves are
+watched too: each viewer's feed drops a video frame when its encoder falls
+more than a few frames behind, and while viewers together drop more than
+``webrtc.admit_max_drops_per_s`` (over the same window), no one new is let
+in either.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections import deque
 from collections.abc import Callable
 
 from anchor.core.aio import cancel_and_wait
@@ -68,3 +76,36 @@ class CpuLoad:
                 weight = min(1.0, spent / self.window_s)
                 self.value += weight * (busy - self.value)
             cpu, wall = cpu_now, wall_now
+
+
+class RecentRate:
+    """How fast a cumulative count (such as frames dropped) rose over the last ``window_s``, per second."""
+
+    def __init__(self, total: Callable[[], int], *, window_s: float = 5.0, every_s: float = 0.5) -> None:
+        self.window_s = window_s
+        self.every_s = every_s
+        self._total = total
+        self._samples: deque[tuple[float, int]] = deque()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._sample(), name="admission:drops")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            await cancel_and_wait([self._task], 2.0)
+            self._task = None
+
+    def __call__(self) -> float:
+        if len(self._samples) < 2:
+            return 0.0
+        (t0, n0), (t1, n1) = self._samples[0], self._samples[-1]
+        return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+
+    async def _sample(self) -> None:
+        while True:
+            now = time.monotonic()
+            self._samples.append((now, self._total()))
+            while self._samples and now - self._samples[0][0] > self.window_s:
+                self._samples.popleft()
+            await asyncio.sleep(self.every_s)

@@ -8,7 +8,7 @@ a count can never drift from the state it describes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Protocol
 
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -23,16 +23,18 @@ class ServerState(Protocol):
 
     def viewers(self) -> Mapping[str, int]: ...
 
+    def live_lines(self) -> Mapping[str, int]: ...
+
+    def load(self) -> float: ...
+
+    def drops(self) -> float: ...
+
 
 class ServerCollector:
-    """A Prometheus collector over the server's state; ``live_lines(session)``: lines queued or speaking."""
+    """A Prometheus collector over the server's state."""
 
-    def __init__(
-        self, server: ServerState, load: Callable[[], float], live_lines: Callable[[], Mapping[str, int]]
-    ) -> None:
+    def __init__(self, server: ServerState) -> None:
         self._server = server
-        self._load = load
-        self._live_lines = live_lines
 
     def collect(self) -> Iterator[Metric]:
         viewers = GaugeMetricFamily("anchor_viewers", "Connected viewers (WebRTC peers).", labels=["session"])
@@ -42,7 +44,7 @@ class ServerCollector:
         lines = GaugeMetricFamily(
             "anchor_live_utterances", "Lines queued or being spoken.", labels=["session"]
         )
-        for session, count in sorted(self._live_lines().items()):
+        for session, count in sorted(self._server.live_lines().items()):
             lines.add_metric([session], count)
         yield lines
         yield GaugeMetricFamily(
@@ -56,5 +58,12 @@ class ServerCollector:
             value=float(self._server.draining),
         )
         yield GaugeMetricFamily(
-            "anchor_cpu_load", "This process's share of its usable CPUs (5 s average).", value=self._load()
+            "anchor_cpu_load",
+            "This process's share of its usable CPUs (5 s average).",
+            value=self._server.load(),
+        )
+        yield GaugeMetricFamily(
+            "anchor_viewer_drops_per_second",
+            "Video frames the viewers' encoders dropped per second, together (5 s average).",
+            value=self._server.drops(),
         )

@@ -42,7 +42,7 @@ from anchor.core.commands import (
     decode_object,
 )
 from anchor.core.frames import AudioChunk
-from streams.admission import CpuLoad, usable_cpus
+from streams.admission import CpuLoad, RecentRate, usable_cpus
 from streams.aiortc_compat import allow_loopback_candidates, tasks_of
 from streams.auth import AuthError, Claims, Grant, TokenAuthority
 from streams.observability import ServerCollector
@@ -217,15 +217,20 @@ class WebRtcServer:
         on_event: Callable[[str, str], Awaitable[None]] | None = None,
         newsrooms: Mapping[str, Newsroom] | None = None,
         load: Callable[[], float] | None = None,
+        drops: Callable[[], float] | None = None,
         registry: CollectorRegistry | None = None,
     ) -> None:
         """``load``: this process's CPU load (0..1) for admission; by default measured (``CpuLoad``).
+        ``drops``: video frames the viewers drop per second; by default measured (``RecentRate``).
         ``registry``: the Prometheus registry ``/metrics`` serves (the runtime's), which gets this
         server's gauges too. Sessions may be added after ``start`` (``add_session``): until the first
         one is, the server is live (``/healthz``) but not ready (``/readyz``)."""
         self.settings = settings
         self._cpu = None if load is not None else CpuLoad()
         self.load: Callable[[], float] = load or self._cpu or (lambda: 0.0)
+        self._drop_rate = None if drops is not None else RecentRate(self.dropped_video)
+        self.drops: Callable[[], float] = drops or self._drop_rate or (lambda: 0.0)
+        self._dropped_by_gone = 0  # frames dropped by viewers who left
         self.sessions: dict[str, ProgramSource[Any]] = dict(sessions)
         self.newsrooms: dict[str, Newsroom] = dict(newsrooms or {})
         self.registry = registry
@@ -239,7 +244,7 @@ class WebRtcServer:
         self._runner: web.AppRunner | None = None
         self._listener: asyncio.Server | None = None
         if registry is not None:  # after the state it reads: registering collects once
-            registry.register(ServerCollector(self, self.load, self._live_lines))
+            registry.register(ServerCollector(self))
         self.app = web.Application(
             client_max_size=settings.max_body_bytes, middlewares=[self._cors, self._errors]
         )
@@ -286,7 +291,11 @@ class WebRtcServer:
             counts[peer.session] = counts.get(peer.session, 0) + 1
         return counts
 
-    def _live_lines(self) -> dict[str, int]:
+    def dropped_video(self) -> int:
+        """Video frames dropped by every viewer so far, those gone included (it only grows)."""
+        return self._dropped_by_gone + sum(peer.feed.dropped_video for peer in self.peers.values())
+
+    def live_lines(self) -> dict[str, int]:
         return {name: source.live_lines() for name, source in self.sessions.items()}
 
     def drain(self) -> None:
@@ -298,6 +307,8 @@ class WebRtcServer:
             allow_loopback_candidates()
         if self._cpu is not None:
             self._cpu.start()
+        if self._drop_rate is not None:
+            self._drop_rate.start()
         self._runner = web.AppRunner(
             self.app, access_log=None, keepalive_timeout=self.settings.keepalive_timeout_s
         )
@@ -328,6 +339,8 @@ class WebRtcServer:
         await asyncio.gather(*self._background, return_exceptions=True)
         if self._cpu is not None:
             await self._cpu.stop()
+        if self._drop_rate is not None:
+            await self._drop_rate.stop()
         if self._listener is not None:
             self._listener.close()
             self._listener = None
@@ -432,6 +445,7 @@ class WebRtcServer:
             "sessions": sorted(self.sessions),
             "draining": self.draining,
             "cpu_load": round(self.load(), 3),
+            "viewer_drops_per_s": round(self.drops(), 2),
         }
 
     async def _health(self, request: web.Request) -> web.StreamResponse:
@@ -483,6 +497,13 @@ class WebRtcServer:
                 503,
                 f"at capacity: CPU load {load:.0%} of {usable_cpus()} CPUs, admitting below "
                 f"{self.settings.max_cpu_load:.0%}; the viewers already here keep their stream",
+                retry_after_s=5,
+            )
+        if joining and self.peers and (drops := self.drops()) > self.settings.admit_max_drops_per_s:
+            raise RequestError(
+                503,
+                f"at capacity: the viewers here drop {drops:.1f} video frames/s (admitting below "
+                f"{self.settings.admit_max_drops_per_s:g}); they keep their stream",
                 retry_after_s=5,
             )
         return source, claims
@@ -723,6 +744,7 @@ class WebRtcServer:
         peer = self.peers.pop(peer_id, None)
         if peer is None:
             return
+        self._dropped_by_gone += peer.feed.dropped_video
         await cancel_and_wait(peer.tasks, 2.0)
         source = self.sessions.get(peer.session)
         if source is not None:

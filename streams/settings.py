@@ -91,6 +91,14 @@ class WebRtcSettings(BaseModel):
             "over 5 s): each viewer is an encode here, and past saturation every viewer drops frames."
         ),
     )
+    admit_max_drops_per_s: float = Field(
+        1.0,
+        ge=0,
+        description=(
+            "Admit a new viewer only while the viewers here drop fewer video frames than this per second "
+            "together (5 s average): a viewer below 24 of 25 fps drops one a second."
+        ),
+    )
     header_timeout_s: float = Field(
         10.0, gt=0, le=300, description="A new connection must have sent its request headers by then."
     )

@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 class ProgramFeed(Protocol):
     """One viewer's copy of a session's paced output."""
 
+    dropped_video: int  # frames this viewer's encoder fell too far behind to send
+
     async def next_audio(self) -> AudioChunk | None: ...
 
     async def next_video(self) -> VideoFrame | None: ...

@@ -61,10 +61,12 @@ async def served_anchor(
     ears: Stage | None = None,
     responder: Stage | None = None,
     load: Callable[[], float] | None = None,
+    drops: Callable[[], float] = lambda: 0.0,
     **webrtc: Any,
 ) -> AsyncIterator[Edge]:
     """``ears``: a root stage for viewer audio (the recognizer's place), when the test needs one;
-    ``responder``: what answers (default: one that only reads ``say`` lines)."""
+    ``responder``: what answers (default: one that only reads ``say`` lines); ``load``, ``drops``:
+    admission's signals (CPU share measured; no drops, so a loaded test machine refuses no one)."""
     settings = AppSettings(
         media={"width": size, "height": size},  # type: ignore[arg-type]
         webrtc={"port": 0, **webrtc},  # type: ignore[arg-type]
@@ -83,6 +85,7 @@ async def served_anchor(
             {"main": session},
             default_session="main",
             load=load,
+            drops=drops,
             registry=rt.metrics.registry,
         )
         await server.start()

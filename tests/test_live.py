@@ -56,6 +56,7 @@ async def test_the_live_anchor_serves_speaks_and_stops(tmp_path: Path) -> None:
     await while_live(ready, tmp_path / "news.db", 60)
     health = seen["health"]
     assert isinstance(health, dict) and 0 <= health.pop("cpu_load") <= 2
+    assert health.pop("viewer_drops_per_s") == 0
     assert health == {"ready": True, "peers": 0, "sessions": ["main"], "draining": False}
     assert seen["page"] == (200, True)
     assert seen["say"] == 202

@@ -21,7 +21,7 @@ from anchor.app.cli import main
 from anchor.core.frames import AudioChunk, Frame
 from anchor.core.stage import Stage
 from anchor.responders.answer import Responder
-from streams.admission import CpuLoad
+from streams.admission import CpuLoad, RecentRate
 from streams.auth import TokenAuthority
 from streams.server import close_pc
 from streams.settings import WebRtcSettings
@@ -261,9 +261,19 @@ async def test_an_offer_that_never_connects_gives_its_place_back(edge: Edge) -> 
         await close_pc(pc)
 
 
-async def test_new_viewers_are_refused_at_capacity_and_the_first_keeps_its_stream() -> None:
-    load = [0.97]
-    async with served_anchor(SIZE, load=lambda: load[0]) as edge:
+@pytest.mark.parametrize(
+    ("busy", "calm", "why"),
+    [
+        ((0.97, 0.0), (0.3, 0.0), "at capacity: CPU load 97%"),
+        ((0.2, 3.0), (0.2, 0.5), "at capacity: the viewers here drop 3.0 video frames/s"),
+    ],
+    ids=["cpu", "viewer-drops"],
+)
+async def test_new_viewers_are_refused_at_capacity_and_the_first_keeps_its_stream(
+    busy: tuple[float, float], calm: tuple[float, float], why: str
+) -> None:
+    load = [busy]
+    async with served_anchor(SIZE, load=lambda: load[0][0], drops=lambda: load[0][1]) as edge:
         first = await connect(edge.url)  # the first viewer is always admitted
         try:
             await until(lambda: len(first.video) >= 10)
@@ -273,11 +283,11 @@ async def test_new_viewers_are_refused_at_capacity_and_the_first_keeps_its_strea
                 http.post(f"{edge.url}/offer", json={"sdp": sdp, "type": "offer"}) as r,
             ):
                 assert r.status == 503 and r.headers["Retry-After"] == "5"
-                assert "at capacity: CPU load 97%" in (await r.json())["error"]
+                assert why in (await r.json())["error"]
             assert len(edge.server.peers) == 1
             seen = len(first.video)
             await until(lambda: len(first.video) >= seen + 25)  # a second more: its stream goes on
-            load[0] = 0.3
+            load[0] = calm
             second = await connect(edge.url)
             await second.close()
         finally:
@@ -601,3 +611,20 @@ async def test_cpu_load_is_this_process_share_of_its_cpus() -> None:
         assert gauge() < 0.1, gauge()
     finally:
         await gauge.stop()
+
+
+async def test_recent_rate_is_how_fast_a_count_rose_over_its_window() -> None:
+    count = [0]
+    rate = RecentRate(lambda: count[0], window_s=0.3, every_s=0.02)
+    rate.start()
+    try:
+        await asyncio.sleep(0.1)
+        assert rate() == 0
+        for _ in range(20):  # 100 a second
+            count[0] += 2
+            await asyncio.sleep(0.02)
+        assert 50 < rate() < 150, rate()
+        await asyncio.sleep(0.5)  # no more: the window forgets
+        assert rate() == 0
+    finally:
+        await rate.stop()
