@@ -2,9 +2,10 @@
 
 Each WebRTC viewer costs its own video encode in this process, and every
 viewer slows when the CPUs are saturated (the first one included). So the
-server watches what this process actually uses of the CPUs it may run on,
-averaged over a few seconds, and refuses a new viewer (503 with
-``Retry-After``) while that is above ``webrtc.max_cpu_load``. The first
+server watches what this process uses of the CPUs it may run on, and what
+the whole machine uses of all its CPUs (others' work takes CPU from us
+too), each averaged over a few seconds, and refuses a new viewer (503 with
+``Retry-After``) while the larger is above ``webrtc.max_cpu_load``. The first
 viewer is always let in (with none, there is no one to protect, and the
 anchor's own work may well be most of the load). The fixed ``max_peers``
 stays as a hard ceiling.
@@ -33,6 +34,19 @@ def usable_cpus() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
+
+
+def host_busy_seconds(stat: str = "/proc/stat") -> float:
+    """CPU seconds the whole machine has spent busy (all CPUs, since boot); 0 where there is no /proc."""
+    try:
+        with open(stat, encoding="ascii") as fh:
+            fields = fh.readline().split()
+    except OSError:
+        return 0.0
+    # cpu user nice system idle iowait irq softirq steal ...: busy is all but idle and iowait
+    ticks = [int(v) for v in fields[1:9]]
+    busy = sum(ticks) - ticks[3] - ticks[4]
+    return busy / os.sysconf("SC_CLK_TCK")
 
 
 class CpuLoad:
@@ -109,3 +123,23 @@ class RecentRate:
             while self._samples and now - self._samples[0][0] > self.window_s:
                 self._samples.popleft()
             await asyncio.sleep(self.every_s)
+
+
+class MachineLoad:
+    """The larger of this process's share of its usable CPUs and the machine's busy share of all its
+    CPUs, each averaged over ``window_s``."""
+
+    def __init__(self, *, window_s: float = 5.0) -> None:
+        self.process = CpuLoad(window_s=window_s)
+        self.host = CpuLoad(window_s=window_s, cpu_time=host_busy_seconds, cpus=os.cpu_count() or 1)
+
+    def start(self) -> None:
+        self.process.start()
+        self.host.start()
+
+    async def stop(self) -> None:
+        await self.process.stop()
+        await self.host.stop()
+
+    def __call__(self) -> float:
+        return max(self.process(), self.host())

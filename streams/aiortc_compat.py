@@ -10,6 +10,9 @@ The public APIs leave three things out that we need:
 - **The tasks a peer connection starts.** ``RTCPeerConnection`` starts its
   connect task with ``ensure_future`` and never awaits it; closing a
   connection must wait for it, found by the coroutine's ``self``.
+- **Receivers that count video frames without decoding them** (benchmarks
+  that hold dozens of viewers on a small machine): the receivers' decoder
+  thread takes its decoder from ``aiortc.rtcrtpreceiver.get_decoder``.
 - **Sender reports and the RTP origin** (the benchmarks' glass-to-glass
   clock): a receiver reads RTCP sender reports in ``_handle_rtcp_packet``,
   and decoded pts count from the first RTP timestamp, which its private
@@ -22,12 +25,15 @@ The public APIs leave three things out that we need:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
+import av
 from aioice import ice
-from aiortc import RTCPeerConnection, RTCRtpReceiver
+from aiortc import RTCPeerConnection, RTCRtpReceiver, rtcrtpreceiver
+from aiortc.mediastreams import VIDEO_TIME_BASE
 from aiortc.rtp import RtcpSrPacket
 
 _host_addresses = ice.get_host_addresses
@@ -52,6 +58,35 @@ def tasks_of(pc: RTCPeerConnection) -> list[asyncio.Task[Any]]:
 def _bound_to(task: asyncio.Task[Any], pc: RTCPeerConnection) -> bool:
     frame = getattr(task.get_coro(), "cr_frame", None)
     return frame is not None and frame.f_locals.get("self") is pc
+
+
+class _PlaceholderVideoDecoder:
+    """Turns each received video frame into a 2x2 grey picture with its RTP timestamp: no decoding."""
+
+    def decode(self, encoded_frame: Any) -> list[av.VideoFrame]:
+        frame = av.VideoFrame(2, 2, "yuv420p")
+        frame.pts = encoded_frame.timestamp
+        frame.time_base = VIDEO_TIME_BASE
+        return [frame]
+
+
+@contextlib.contextmanager
+def video_counted_not_decoded() -> Iterator[None]:
+    """Receivers in this process hand out a placeholder per received video frame instead of decoding
+    it (audio is still decoded), until the block ends. Frame counts and timestamps stay true."""
+    module: Any = rtcrtpreceiver  # its get_decoder is an import, not part of its declared interface
+    decoder_for = module.get_decoder
+
+    def placeholder_for_video(codec: Any) -> Any:
+        return (
+            _PlaceholderVideoDecoder() if codec.mimeType.lower().startswith("video/") else decoder_for(codec)
+        )
+
+    module.get_decoder = placeholder_for_video
+    try:
+        yield
+    finally:
+        module.get_decoder = decoder_for
 
 
 def on_sender_report(receiver: RTCRtpReceiver, noted: Callable[[float, int], None]) -> None:
@@ -80,9 +115,9 @@ def private_parts_missing() -> list[str]:
         missing.append("aioice.ice.get_host_addresses(use_ipv4, use_ipv6)")
     if not inspect.iscoroutinefunction(getattr(RTCRtpReceiver, "_handle_rtcp_packet", None)):
         missing.append("aiortc RTCRtpReceiver._handle_rtcp_packet (async)")
-    from aiortc import rtcrtpreceiver
-
     receiver_source = inspect.getsource(rtcrtpreceiver)
+    if "decoder = get_decoder(codec)" not in receiver_source:
+        missing.append("aiortc rtcrtpreceiver.decoder_worker's get_decoder(codec)")
     if "self.__timestamp_mapper = TimestampMapper()" not in receiver_source:
         missing.append("aiortc RTCRtpReceiver.__timestamp_mapper")
     mapper = getattr(rtcrtpreceiver, "TimestampMapper", None)

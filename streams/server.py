@@ -42,7 +42,7 @@ from anchor.core.commands import (
     decode_object,
 )
 from anchor.core.frames import AudioChunk
-from streams.admission import CpuLoad, RecentRate, usable_cpus
+from streams.admission import MachineLoad, RecentRate
 from streams.aiortc_compat import allow_loopback_candidates, tasks_of
 from streams.auth import AuthError, Claims, Grant, TokenAuthority
 from streams.observability import ServerCollector
@@ -220,13 +220,13 @@ class WebRtcServer:
         drops: Callable[[], float] | None = None,
         registry: CollectorRegistry | None = None,
     ) -> None:
-        """``load``: this process's CPU load (0..1) for admission; by default measured (``CpuLoad``).
+        """``load``: CPU load (0..1) for admission; by default measured (``MachineLoad``).
         ``drops``: video frames the viewers drop per second; by default measured (``RecentRate``).
         ``registry``: the Prometheus registry ``/metrics`` serves (the runtime's), which gets this
         server's gauges too. Sessions may be added after ``start`` (``add_session``): until the first
         one is, the server is live (``/healthz``) but not ready (``/readyz``)."""
         self.settings = settings
-        self._cpu = None if load is not None else CpuLoad()
+        self._cpu = None if load is not None else MachineLoad()
         self.load: Callable[[], float] = load or self._cpu or (lambda: 0.0)
         self._drop_rate = None if drops is not None else RecentRate(self.dropped_video)
         self.drops: Callable[[], float] = drops or self._drop_rate or (lambda: 0.0)
@@ -495,7 +495,7 @@ class WebRtcServer:
         if joining and self.peers and (load := self.load()) >= self.settings.max_cpu_load:
             raise RequestError(
                 503,
-                f"at capacity: CPU load {load:.0%} of {usable_cpus()} CPUs, admitting below "
+                f"at capacity: CPU load {load:.0%} (this process or the machine), admitting below "
                 f"{self.settings.max_cpu_load:.0%}; the viewers already here keep their stream",
                 retry_after_s=5,
             )

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import aioice
 import aiortc
 from aiortc import RTCPeerConnection
-from aiortc.mediastreams import AudioStreamTrack
+from aiortc.codecs import get_decoder
+from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
 
 from anchor.core.aio import cancel_and_wait
 from streams.aiortc_compat import (
@@ -16,6 +18,7 @@ from streams.aiortc_compat import (
     private_parts_missing,
     rtp_origin,
     tasks_of,
+    video_counted_not_decoded,
 )
 from streams.server import close_pc
 
@@ -68,3 +71,44 @@ async def test_loopback_peers_connect_and_the_receiver_clock_is_readable() -> No
         await close_pc(receiver)
         await close_pc(sender)
     assert not tasks_of(receiver) and not tasks_of(sender)
+
+
+async def test_video_counted_not_decoded_keeps_every_frame_and_its_timestamp() -> None:
+    allow_loopback_candidates()
+    with video_counted_not_decoded():
+        sender, receiver = RTCPeerConnection(), RTCPeerConnection()
+        sender.addTrack(VideoStreamTrack())
+        sender.addTrack(AudioStreamTrack())
+        frames: dict[str, list[tuple[int, int]]] = {"video": [], "audio": []}
+        readers: list[asyncio.Task[None]] = []
+
+        @receiver.on("track")
+        def _track(track: aiortc.MediaStreamTrack) -> None:
+            async def read() -> None:
+                while True:
+                    frame = await track.recv()
+                    frames[track.kind].append(
+                        (int(frame.pts or 0), frame.width if track.kind == "video" else 0)
+                    )
+
+            readers.append(asyncio.get_running_loop().create_task(read(), name="compat:count"))
+
+        try:
+            await sender.setLocalDescription(await sender.createOffer())
+            assert sender.localDescription is not None
+            await receiver.setRemoteDescription(sender.localDescription)
+            await receiver.setLocalDescription(await receiver.createAnswer())
+            assert receiver.localDescription is not None
+            await sender.setRemoteDescription(receiver.localDescription)
+            async with asyncio.timeout(15):
+                while len(frames["video"]) < 30 or not frames["audio"]:  # noqa: ASYNC110 - filled by readers
+                    await asyncio.sleep(0.05)
+        finally:
+            await cancel_and_wait(readers, 2.0)
+            await close_pc(receiver)
+            await close_pc(sender)
+    video = frames["video"]
+    assert {width for _, width in video} == {2}, "placeholders, not 640x480 decodes"
+    steps = {b - a for (a, _), (b, _) in itertools.pairwise(video)}
+    assert steps <= {2999, 3000, 3001}, "one per sent frame at 30 fps, in order, on the 90 kHz clock"
+    assert get_decoder is aiortc.rtcrtpreceiver.get_decoder, "aiortc's own decoders are back after the block"

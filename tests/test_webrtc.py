@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -21,7 +23,7 @@ from anchor.app.cli import main
 from anchor.core.frames import AudioChunk, Frame
 from anchor.core.stage import Stage
 from anchor.responders.answer import Responder
-from streams.admission import CpuLoad, RecentRate
+from streams.admission import CpuLoad, RecentRate, host_busy_seconds
 from streams.auth import TokenAuthority
 from streams.server import close_pc
 from streams.settings import WebRtcSettings
@@ -584,10 +586,13 @@ def test_settings_refuse_open_or_weak_secrets_off_loopback() -> None:
         WebRtcSettings(ice_servers=[{"urls": ["turn:turn.example:3478"]}])  # type: ignore[list-item]
 
 
-def test_bench_streams_reports_viewers_latency_and_mqtt(capsys: pytest.CaptureFixture[str]) -> None:
+def test_bench_streams_reports_viewers_latency_mqtt_and_admission(capsys: pytest.CaptureFixture[str]) -> None:
     args = ["bench", "streams", "--json", "--duration", "2", "--max-viewers", "1", "--latency-seconds", "2"]
-    assert main([*args, "--mqtt-rounds", "12"]) == 0
+    assert main([*args, "--mqtt-rounds", "12", "--admission-seconds", "2", "--max-admitted", "2"]) == 0
     result = json.loads(capsys.readouterr().out)
+    admission = result["admission"]
+    assert 1 <= admission["admitted"] <= 2 and admission["first_viewer_alone"]["fps"] > 0
+    assert admission["refusal"] is None or admission["refusal"]["status"] == 503
     assert result["webrtc_latency_ms"]["n"] > 0 and result["webrtc_latency_ms"]["p50"] > 0
     assert result["viewer_steps"][0]["viewers"] == 1 and result["viewer_steps"][0]["min_fps"] > 0
     mqtt = result["mqtt_round_trip_ms"]
@@ -628,3 +633,12 @@ async def test_recent_rate_is_how_fast_a_count_rose_over_its_window() -> None:
         assert rate() == 0
     finally:
         await rate.stop()
+
+
+def test_the_machines_busy_time_is_read_from_proc_stat(tmp_path: Path) -> None:
+    stat = tmp_path / "stat"
+    # user nice system idle iowait irq softirq steal guest guest_nice, in clock ticks
+    stat.write_text("cpu  400 100 300 9000 500 50 50 100 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n")
+    assert host_busy_seconds(str(stat)) == pytest.approx(1000 / os.sysconf("SC_CLK_TCK"))
+    assert host_busy_seconds(str(tmp_path / "missing")) == 0.0
+    assert host_busy_seconds() > 0, "this Linux machine has a /proc/stat"

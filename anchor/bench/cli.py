@@ -74,6 +74,9 @@ BENCHES = (
             Option("--max-viewers", "max_viewers", 16, int),
             Option("--latency-seconds", "latency_s", 20.0, float),
             Option("--mqtt-rounds", "mqtt_rounds", 200, int),
+            Option("--no-admission", "admission", switch=True, help="skip the served admission step"),
+            Option("--admission-seconds", "admission_s", 30.0, float, "window each admission reading takes"),
+            Option("--max-admitted", "max_admitted", 64, int, "stop offering viewers after this many"),
         ),
     ),
     Bench(

@@ -13,6 +13,12 @@
   matched by RTP timestamp.
 - ``mqtt_round_trip_ms``: command published -> its ``accepted`` event
   received, through a real Mosquitto on loopback (started by the bench).
+- ``admission``: the same fake anchor served over HTTP in its own process
+  (``served_fake``), with the server's admission on: viewers offer one by
+  one (6 s apart, as its load signals average over 5 s) until one is
+  refused; reports how many it admitted, the refusal (503 and
+  ``Retry-After``), every admitted viewer's fps and audio gaps then, and the
+  first viewer's before the others came and once the server is full.
 """
 
 from __future__ import annotations
@@ -25,12 +31,14 @@ import json
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import aiomqtt
 import av
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
@@ -48,7 +56,7 @@ from anchor.face.look import PortraitLook
 from anchor.face.portrait import default_image, fit, make_portrait
 from anchor.face.rig import MouthRig
 from anchor.testing.fakes import FakeResponder, FakeTTS
-from streams.aiortc_compat import allow_loopback_candidates
+from streams.aiortc_compat import allow_loopback_candidates, video_counted_not_decoded
 from streams.mqtt import NO_DELAY, MqttControl
 from streams.server import close_pc
 from streams.settings import MqttSettings
@@ -114,7 +122,7 @@ async def _connect(
 
 
 @contextlib.asynccontextmanager
-async def _anchor(size: int) -> AsyncIterator[Session]:
+async def fake_anchor(size: int) -> AsyncIterator[Session]:
     settings = AnchorSettings(media={"width": size, "height": size})
     portrait = make_portrait(fit(default_image(), (size, size)))
     tts = FakeTTS("tts", ms_per_word=250)
@@ -125,7 +133,7 @@ async def _anchor(size: int) -> AsyncIterator[Session]:
         yield await rt.open_session(graph, session_id="bench", look=PortraitLook(portrait))
 
 
-async def _keep_talking(session: Session) -> None:
+async def keep_talking(session: Session) -> None:
     events = session.events()
     try:
         while True:
@@ -264,12 +272,15 @@ async def bench_streams(
     max_viewers: int = 16,
     latency_s: float = 20.0,
     mqtt_rounds: int = 200,
+    admission: bool = True,
+    admission_s: float = 30.0,
+    max_admitted: int = 64,
 ) -> dict[str, Any]:
     size = settings.media.width
     allow_loopback_candidates()
     result: dict[str, Any] = {"bench": "streams", "size": size, "fps": 25, "step_seconds": duration_s}
-    async with _anchor(size) as session:
-        talker = asyncio.get_running_loop().create_task(_keep_talking(session), name="bench:talk")
+    async with fake_anchor(size) as session:
+        talker = asyncio.get_running_loop().create_task(keep_talking(session), name="bench:talk")
         try:
             result["webrtc_latency_ms"] = await _latency(session, latency_s)
             steps = []
@@ -293,4 +304,108 @@ async def bench_streams(
         finally:
             talker.cancel()
             await asyncio.gather(talker, return_exceptions=True)
+    if admission:
+        result["admission"] = await _admission(size, admission_s, max_admitted)
     return result
+
+
+async def _offer(http: aiohttp.ClientSession, url: str, receiver: Receiver) -> tuple[int, dict[str, Any]]:
+    """Offer ``receiver`` to the served anchor; the HTTP status and, if refused, the refusal."""
+    pc, loop = receiver.pc, asyncio.get_running_loop()
+    pc.addTransceiver("video", direction="recvonly")
+    pc.addTransceiver("audio", direction="recvonly")
+    pc.on("track", lambda track: receiver.tasks.append(loop.create_task(receiver._read(track))))
+    await pc.setLocalDescription(await pc.createOffer())
+    body = {"sdp": pc.localDescription.sdp, "type": "offer"}
+    async with http.post(f"{url}/offer", json=body) as response:
+        reply = await response.json()
+        if response.status != 200:
+            return response.status, {**reply, "retry_after": response.headers.get("Retry-After")}
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=reply["sdp"], type="answer"))
+    return 200, {}
+
+
+async def _watch(receivers: list[Receiver], seconds: float) -> list[dict[str, float]]:
+    """Each receiver's decoded fps and audio gaps a minute over the next ``seconds``."""
+    start = [(len(r.video), len(r.audio_pts)) for r in receivers]
+    began = time.perf_counter()
+    await asyncio.sleep(seconds)
+    elapsed = time.perf_counter() - began
+    return [
+        {
+            "fps": round((len(r.video) - v0) / elapsed, 2),
+            "audio_gaps_per_min": round(audio_gaps(r.audio_pts[a0:]) * 60 / elapsed, 2),
+        }
+        for r, (v0, a0) in zip(receivers, start, strict=True)
+    ]
+
+
+async def _health(http: aiohttp.ClientSession, url: str) -> dict[str, Any]:
+    """The admission signals the server saw: its CPU load and its viewers' dropped frames."""
+    async with http.get(f"{url}/healthz") as response:
+        health = await response.json()
+    return {"cpu_load": health["cpu_load"], "viewer_drops_per_s": health["viewer_drops_per_s"]}
+
+
+async def _until_ready(http: aiohttp.ClientSession, url: str, timeout_s: float) -> None:
+    async with asyncio.timeout(timeout_s):
+        while True:
+            with contextlib.suppress(aiohttp.ClientError):
+                async with http.get(f"{url}/readyz") as response:
+                    if response.status == 200:
+                        return
+            await asyncio.sleep(0.2)
+
+
+async def _admission(size: int, window_s: float, max_viewers: int) -> dict[str, Any]:
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "anchor.bench.served_fake", "--port", str(port), "--size", str(size)
+    )
+    receivers: list[Receiver] = []
+    refusal: dict[str, Any] | None = None
+    alone: dict[str, float] = {}
+    steps: list[dict[str, Any]] = []
+    try:
+        # Receivers that count video without decoding it: their cost must not crowd out the anchor.
+        with video_counted_not_decoded():
+            async with aiohttp.ClientSession() as http:
+                await _until_ready(http, url, 60)
+                while len(receivers) < max_viewers:
+                    receiver = Receiver()
+                    status, refused = await _offer(http, url, receiver)
+                    if status != 200:
+                        await close_pc(receiver.pc)
+                        refusal = {"status": status, **refused, "server": await _health(http, url)}
+                        break
+                    receivers.append(receiver)
+                    if len(receivers) == 1:
+                        await asyncio.sleep(3.0)  # connect and warm up
+                        alone = (await _watch(receivers, window_s))[0]
+                    else:
+                        await asyncio.sleep(6.0)  # the server's load signals average over 5 s
+                    steps.append({"viewers": len(receivers), "server": await _health(http, url)})
+                full = await _watch(receivers, window_s)
+    finally:
+        for receiver in receivers:
+            await cancel_and_wait(receiver.tasks, 5.0)
+            await close_pc(receiver.pc)
+        server.terminate()
+        try:
+            async with asyncio.timeout(15):
+                await server.wait()
+        except TimeoutError:
+            server.kill()
+            await server.wait()
+            raise RuntimeError("the served fake anchor did not stop on SIGTERM within 15 s") from None
+    return {
+        "admitted": len(receivers),
+        "refusal": refusal,
+        "first_viewer_alone": alone,
+        "first_viewer_when_full": full[0],
+        "admitted_min_fps": min(v["fps"] for v in full),
+        "admitted_max_audio_gaps_per_min": max(v["audio_gaps_per_min"] for v in full),
+        "held": all(v["fps"] >= 24.0 and v["audio_gaps_per_min"] < 1.0 for v in full),
+        "steps": steps,
+    }
