@@ -143,3 +143,64 @@ class MachineLoad:
 
     def __call__(self) -> float:
         return max(self.process(), self.host())
+
+
+class ViewerAdmission:
+    """Whether one more viewer fits, predicted from what each viewer has cost so far.
+
+    A viewer's cost is the load it adds (mostly its encode). The load with no
+    viewer is noted when the first one comes (it is always let in); after
+    that, each viewer's cost is the load above that, shared among the
+    viewers, learned whenever the load has had a full window to show every
+    viewer admitted (``settled``). A new viewer is let in only while the load
+    plus the cost of it and of the viewers admitted too recently to show in
+    the average stays below ``max_load``: refusing only once the load is over
+    the line lets in the one viewer that pushes everyone past it. Before any
+    cost is learned, ``first_guess`` stands for it.
+    """
+
+    def __init__(
+        self,
+        max_load: float,
+        max_drops_per_s: float,
+        *,
+        window_s: float = 5.0,
+        first_guess: float = 0.05,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_load = max_load
+        self.max_drops_per_s = max_drops_per_s
+        self.window_s = window_s
+        self.cost = first_guess
+        self._clock = clock
+        self._idle_load = 0.0
+        self._joins: deque[float] = deque()
+
+    def refusal(self, viewers: int, load: float, drops: float) -> str | None:
+        """Why a new viewer must wait (None: let it in), given the viewers here, the load (0..1) and the
+        video frames they drop per second."""
+        now = self._clock()
+        while self._joins and now - self._joins[0] > self.window_s:
+            self._joins.popleft()
+        if viewers == 0:
+            self._idle_load = load
+            return None
+        measured = max(0.0, load - self._idle_load) / viewers
+        if not self._joins:
+            self.cost = measured  # settled: every viewer here shows in the load
+        cost = max(self.cost, measured)
+        predicted = load + cost * (1 + len(self._joins))
+        if predicted >= self.max_load:
+            return (
+                f"at capacity: CPU load {load:.0%} (this process or the machine), {cost:.1%} more per "
+                f"viewer; admitting while it stays below {self.max_load:.0%}"
+            )
+        if drops > self.max_drops_per_s:
+            return (
+                f"at capacity: the viewers here drop {drops:.1f} video frames/s "
+                f"(admitting below {self.max_drops_per_s:g})"
+            )
+        return None
+
+    def admitted(self) -> None:
+        self._joins.append(self._clock())

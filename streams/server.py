@@ -42,7 +42,7 @@ from anchor.core.commands import (
     decode_object,
 )
 from anchor.core.frames import AudioChunk
-from streams.admission import MachineLoad, RecentRate
+from streams.admission import MachineLoad, RecentRate, ViewerAdmission
 from streams.aiortc_compat import allow_loopback_candidates, tasks_of
 from streams.auth import AuthError, Claims, Grant, TokenAuthority
 from streams.observability import ServerCollector
@@ -231,6 +231,7 @@ class WebRtcServer:
         self._drop_rate = None if drops is not None else RecentRate(self.dropped_video)
         self.drops: Callable[[], float] = drops or self._drop_rate or (lambda: 0.0)
         self._dropped_by_gone = 0  # frames dropped by viewers who left
+        self.admission = ViewerAdmission(settings.max_cpu_load, settings.admit_max_drops_per_s)
         self.sessions: dict[str, ProgramSource[Any]] = dict(sessions)
         self.newsrooms: dict[str, Newsroom] = dict(newsrooms or {})
         self.registry = registry
@@ -492,20 +493,8 @@ class WebRtcServer:
             raise RequestError(
                 503, f"viewer limit reached ({self.settings.max_peers} peers)", retry_after_s=10
             )
-        if joining and self.peers and (load := self.load()) >= self.settings.max_cpu_load:
-            raise RequestError(
-                503,
-                f"at capacity: CPU load {load:.0%} (this process or the machine), admitting below "
-                f"{self.settings.max_cpu_load:.0%}; the viewers already here keep their stream",
-                retry_after_s=5,
-            )
-        if joining and self.peers and (drops := self.drops()) > self.settings.admit_max_drops_per_s:
-            raise RequestError(
-                503,
-                f"at capacity: the viewers here drop {drops:.1f} video frames/s (admitting below "
-                f"{self.settings.admit_max_drops_per_s:g}); they keep their stream",
-                retry_after_s=5,
-            )
+        if joining and (why := self.admission.refusal(len(self.peers), self.load(), self.drops())):
+            raise RequestError(503, f"{why}; the viewers already here keep their stream", retry_after_s=5)
         return source, claims
 
     def _claims(self, request: web.Request, session: str, need: Grant) -> Claims:
@@ -654,6 +643,7 @@ class WebRtcServer:
         )
         peer = Peer(secrets.token_urlsafe(12), session, pc, feed, claims)
         self.peers[peer.id] = peer
+        self.admission.admitted()
         try:
             await self._wire(peer, source)
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))

@@ -23,7 +23,7 @@ from anchor.app.cli import main
 from anchor.core.frames import AudioChunk, Frame
 from anchor.core.stage import Stage
 from anchor.responders.answer import Responder
-from streams.admission import CpuLoad, RecentRate, host_busy_seconds
+from streams.admission import CpuLoad, RecentRate, ViewerAdmission, host_busy_seconds
 from streams.auth import TokenAuthority
 from streams.server import close_pc
 from streams.settings import WebRtcSettings
@@ -266,7 +266,7 @@ async def test_an_offer_that_never_connects_gives_its_place_back(edge: Edge) -> 
 @pytest.mark.parametrize(
     ("busy", "calm", "why"),
     [
-        ((0.97, 0.0), (0.3, 0.0), "at capacity: CPU load 97%"),
+        ((0.97, 0.0), (0.2, 0.0), "at capacity: CPU load 97%"),
         ((0.2, 3.0), (0.2, 0.5), "at capacity: the viewers here drop 3.0 video frames/s"),
     ],
     ids=["cpu", "viewer-drops"],
@@ -642,3 +642,27 @@ def test_the_machines_busy_time_is_read_from_proc_stat(tmp_path: Path) -> None:
     assert host_busy_seconds(str(stat)) == pytest.approx(1000 / os.sysconf("SC_CLK_TCK"))
     assert host_busy_seconds(str(tmp_path / "missing")) == 0.0
     assert host_busy_seconds() > 0, "this Linux machine has a /proc/stat"
+
+
+def test_admission_predicts_the_next_viewers_cost_and_counts_recent_joins() -> None:
+    now = [0.0]
+    gate = ViewerAdmission(0.8, 1.0, window_s=5.0, first_guess=0.05, clock=lambda: now[0])
+    assert gate.refusal(0, 0.10, 0.0) is None, "the first viewer always comes in (the idle load is noted)"
+    gate.admitted()
+    now[0] = 1.0
+    assert gate.refusal(1, 0.10, 0.0) is None, "0.10 + 2 x 0.05 (itself and one unseen join)"
+    gate.admitted()
+    now[0] = 10.0  # settled: both viewers show in the load, 0.10 each
+    assert gate.refusal(2, 0.30, 0.0) is None and gate.cost == pytest.approx(0.10)
+    gate.admitted()
+    now[0] = 11.0
+    for _ in range(4):  # a burst: each join still unseen counts at the learned cost
+        gate.admitted()
+    why = gate.refusal(7, 0.30, 0.0)  # 0.30 + 0.10 x (1 + 5 unseen)
+    assert why is not None and "10.0% more per viewer" in why, why
+    now[0] = 20.0
+    assert gate.refusal(7, 0.65, 0.0) is None, "0.65 + 0.55 / 7 < 0.8"
+    why = gate.refusal(7, 0.75, 0.0)
+    assert why is not None and "below 80%" in why, "the next viewer would take the load past the line"
+    why = gate.refusal(1, 0.2, 3.0)
+    assert why is not None and "drop 3.0 video frames/s" in why

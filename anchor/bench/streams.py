@@ -380,12 +380,19 @@ async def _admission(size: int, window_s: float, max_viewers: int) -> dict[str, 
                         refusal = {"status": status, **refused, "server": await _health(http, url)}
                         break
                     receivers.append(receiver)
+                    await asyncio.sleep(1.0)  # connect
                     if len(receivers) == 1:
-                        await asyncio.sleep(3.0)  # connect and warm up
                         alone = (await _watch(receivers, window_s))[0]
-                    else:
-                        await asyncio.sleep(6.0)  # the server's load signals average over 5 s
-                    steps.append({"viewers": len(receivers), "server": await _health(http, url)})
+                    # 6 s: the server's load signals average over 5 s
+                    seen = await _watch(receivers, max(6.0, window_s) if len(receivers) == 1 else 6.0)
+                    steps.append(
+                        {
+                            "viewers": len(receivers),
+                            "min_fps": min(v["fps"] for v in seen),
+                            "max_audio_gaps_per_min": max(v["audio_gaps_per_min"] for v in seen),
+                            "server": await _health(http, url),
+                        }
+                    )
                 full = await _watch(receivers, window_s)
     finally:
         for receiver in receivers:
