@@ -219,12 +219,14 @@ class WebRtcServer:
         load: Callable[[], float] | None = None,
         drops: Callable[[], float] | None = None,
         registry: CollectorRegistry | None = None,
+        on_drain: Callable[[], None] | None = None,
     ) -> None:
         """``load``: CPU load (0..1) for admission; by default measured (``MachineLoad``).
         ``drops``: video frames the viewers drop per second; by default measured (``RecentRate``).
         ``registry``: the Prometheus registry ``/metrics`` serves (the runtime's), which gets this
         server's gauges too. Sessions may be added after ``start`` (``add_session``): until the first
-        one is, the server is live (``/healthz``) but not ready (``/readyz``)."""
+        one is, the server is live (``/healthz``) but not ready (``/readyz``). ``on_drain``: what the
+        application stops besides this server when ``POST /drain`` comes (the server drains either way)."""
         self.settings = settings
         self._cpu = None if load is not None else MachineLoad()
         self.load: Callable[[], float] = load or self._cpu or (lambda: 0.0)
@@ -235,6 +237,7 @@ class WebRtcServer:
         self.sessions: dict[str, ProgramSource[Any]] = dict(sessions)
         self.newsrooms: dict[str, Newsroom] = dict(newsrooms or {})
         self.registry = registry
+        self.on_drain = on_drain
         self.default_session = default_session
         secret = settings.jwt_secret.get_secret_value().encode() if settings.jwt_secret else None
         self.tokens = TokenAuthority(secret) if secret else None
@@ -256,6 +259,7 @@ class WebRtcServer:
                 web.get("/healthz", self._health),
                 web.get("/readyz", self._ready),
                 web.get("/metrics", self._metrics),
+                web.post("/drain", self._drain),
                 web.post("/offer", self._offer),
                 web.options("/offer", self._preflight),
                 web.post("/whep/{session}", self._whep),
@@ -302,6 +306,8 @@ class WebRtcServer:
     def drain(self) -> None:
         """Refuse new viewers and commands (503, and ``/readyz`` says so); viewers here keep watching."""
         self.draining = True
+        if self.on_drain is not None:
+            self.on_drain()
 
     async def start(self) -> None:
         if is_loopback(self.settings.host):
@@ -447,6 +453,7 @@ class WebRtcServer:
             "draining": self.draining,
             "cpu_load": round(self.load(), 3),
             "viewer_drops_per_s": round(self.drops(), 2),
+            "live_lines": sum(self.live_lines().values()),
         }
 
     async def _health(self, request: web.Request) -> web.StreamResponse:
@@ -456,6 +463,16 @@ class WebRtcServer:
     async def _ready(self, request: web.Request) -> web.StreamResponse:
         """Readiness: 200 while new viewers are taken, 503 while starting or draining."""
         return web.json_response(self._state(), status=200 if self.ready else 503)
+
+    async def _drain(self, request: web.Request) -> web.StreamResponse:
+        """Start a drain (a Kubernetes preStop hook, ``anchor drain``): from this machine's loopback, or
+        with an operator's token (``control``) for the default session."""
+        if not is_loopback(request.remote or ""):
+            self._claims(request, self.default_session, "control")
+        if not self.draining:
+            log.info("drain asked for by %s", request.remote)
+            self.drain()
+        return web.json_response(self._state(), status=202)
 
     async def _metrics(self, request: web.Request) -> web.StreamResponse:
         if self.registry is None:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
+from anchor.app.cli import main
 from anchor.app.live import LiveAnchor, serve, while_serving
 from anchor.app.offline import join_audio, render_text
 from anchor.app.settings import AppSettings
@@ -56,7 +57,7 @@ async def test_the_live_anchor_serves_speaks_and_stops(tmp_path: Path) -> None:
     await while_live(ready, tmp_path / "news.db", 60)
     health = seen["health"]
     assert isinstance(health, dict) and 0 <= health.pop("cpu_load") <= 2
-    assert health.pop("viewer_drops_per_s") == 0
+    assert health.pop("viewer_drops_per_s") == 0 and health.pop("live_lines") >= 0
     assert health == {"ready": True, "peers": 0, "sessions": ["main"], "draining": False}
     assert seen["page"] == (200, True)
     assert seen["say"] == 202
@@ -155,8 +156,12 @@ async def test_news_from_the_page_is_queued_listed_and_read(tmp_path: Path) -> N
     assert [i["id"] for i in listing["pending"] + listing["recent"]] == [body["id"]]
 
 
-async def test_a_drain_refuses_newcomers_lets_the_line_finish_then_stops(tmp_path: Path) -> None:
-    """What SIGTERM does in ``anchor run``: ``stop`` set while a line is spoken."""
+@pytest.mark.parametrize("begun_by", ["sigterm", "prestop"])
+async def test_a_drain_refuses_newcomers_lets_the_line_finish_then_stops(
+    tmp_path: Path, begun_by: str
+) -> None:
+    """What SIGTERM does in ``anchor run`` (``stop`` set while a line is spoken), or a Kubernetes preStop
+    hook before it (``anchor drain --wait``: it returns once the line is spoken)."""
     settings = AppSettings(  # type: ignore[arg-type]
         webrtc={"port": 0, "drain_grace_s": 60}, news={"database": tmp_path / "news.db"}
     )
@@ -174,7 +179,12 @@ async def test_a_drain_refuses_newcomers_lets_the_line_finish_then_stops(tmp_pat
         said = await session.say("Good evening. This line is read to its end before the anchor goes. " * 2)
         while (event := await events.next()) is not None and event.kind != "audio_started":
             pass
-        stop.set()
+        if begun_by == "sigterm":
+            stop.set()
+        else:
+            draining = asyncio.create_task(
+                asyncio.to_thread(main, ["drain", "--port", str(live.server.port), "--wait"])
+            )
         async with aiohttp.ClientSession() as http:
             while True:
                 async with http.get(f"{url}/readyz") as r:
@@ -191,6 +201,10 @@ async def test_a_drain_refuses_newcomers_lets_the_line_finish_then_stops(tmp_pat
             async with http.get(f"{url}/metrics") as r:
                 assert "anchor_draining 1.0" in await r.text()
         ends = []
+        if begun_by == "prestop":
+            assert await draining == 0
+            assert session.live_lines() == 0, "anchor drain --wait returned once the line was spoken"
+            stop.set()  # then Kubernetes sends SIGTERM
         while (event := await events.next()) is not None:
             if event.kind == "utterance_finished":
                 ends.append((event.utterance_id, event.detail))

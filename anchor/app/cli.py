@@ -12,6 +12,7 @@ import importlib.util
 import json
 import logging
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -74,6 +75,34 @@ def _cmd_token(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     print(token)
+    return 0
+
+
+def _cmd_drain(args: argparse.Namespace) -> int:
+    """Ask the anchor on this machine to drain; with ``--wait``, return once its lines are spoken."""
+    import urllib.error
+    import urllib.request
+
+    base = f"http://{args.host}:{args.port}"
+
+    def call(method: str, path: str) -> dict[str, Any]:
+        request = urllib.request.Request(f"{base}{path}", method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return dict(json.load(response))
+        except urllib.error.HTTPError as exc:
+            raise ConfigError(
+                f"{method} {base}{path} answered {exc.code}: {exc.read().decode()[:200]}"
+            ) from None
+        except OSError as exc:
+            raise ConfigError(f"no anchor answers at {base}: {exc}") from None
+
+    state = call("POST", "/drain")
+    deadline = time.monotonic() + args.timeout
+    while args.wait and state["live_lines"] and time.monotonic() < deadline:
+        time.sleep(0.5)
+        state = call("GET", "/healthz")
+    print(json.dumps(state))
     return 0
 
 
@@ -404,6 +433,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subject", default="operator", help="who it is for: logged, and owns its viewers")
     p.add_argument("--ttl", type=_duration_s, default=600, help="lifetime: N[s|m|h], at most 10m (default)")
     p.set_defaults(func=_cmd_token)
+
+    p = sub.add_parser(
+        "drain", help="make a running anchor refuse newcomers and finish its line (a preStop hook)"
+    )
+    p.add_argument("--host", default="127.0.0.1", help="where the anchor listens (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="its port (default 8080)")
+    p.add_argument("--wait", action="store_true", help="return only once its lines are spoken")
+    p.add_argument("--timeout", type=float, default=60.0, help="--wait at most this long (default 60 s)")
+    p.set_defaults(func=_cmd_drain)
 
     p = sub.add_parser("say", help="speak TEXT with the default voice into a WAV file")
     p.add_argument("text", help="what to say (news text is normalised: numbers, dates, ...)")

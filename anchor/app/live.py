@@ -34,6 +34,7 @@ from anchor.core.aio import TaskOwner
 from anchor.core.config import AnchorSettings, ConfigError, ResponderSettings
 from anchor.core.graph import AUDIO_OUT, VIDEO_OUT, Graph
 from anchor.core.runtime import Runtime
+from anchor.core.session import Session
 from anchor.core.stage import Stage
 from anchor.face.drivers import DriverName, face_driver
 from anchor.face.face_stage import FaceStage
@@ -154,6 +155,7 @@ async def serve(
         if settings.news.scripts is not None:
             owner.spawn(ScriptFeed(desk, settings.news.scripts, settings.news.poll_s).run(), "news-scripts")
         control_target = SessionControl(session, desk=desk, responder=responder)
+        server.on_drain = lambda: no_new_lines(control_target, desk)
         if settings.mqtt.url:
             control = MqttControl(settings.mqtt, control_target)
             control.start()
@@ -183,16 +185,22 @@ async def serve(
             token = authority.issue("console", SESSION, {"watch", "talk", "control"})
         await ready(LiveAnchor(runtime, server, token, desk))
         await (stop or asyncio.Event()).wait()
-        await drain(server, control_target, desk, settings.webrtc.drain_grace_s)
+        await drain(server, session, settings.webrtc.drain_grace_s)
 
 
-async def drain(server: WebRtcServer, control: SessionControl, desk: NewsDesk, grace_s: float) -> None:
-    """Refuse new viewers and lines, let the line being spoken finish (news resumes after it on the
-    next start), for at most ``grace_s``; the viewers here watch until then."""
-    server.drain()
+def no_new_lines(control: SessionControl, desk: NewsDesk) -> None:
+    """What a drain stops besides the server: MQTT lines, and the desk after the sentence it reads."""
     control.draining = True
-    desk.set_on_air(False)
-    session = desk.session
+    if desk.on_air:
+        desk.set_on_air(False)
+
+
+async def drain(server: WebRtcServer, session: Session, grace_s: float) -> None:
+    """Refuse new viewers and lines, let the line being spoken finish (news resumes after it on the
+    next start), for at most ``grace_s``; the viewers here watch until then. A drain already begun by
+    ``POST /drain`` (a preStop hook) just goes on."""
+    if not server.draining:
+        server.drain()
     log.info("draining: %d line(s) to finish, at most %.0f s", session.live_lines(), grace_s)
     events = session.events()
     try:
