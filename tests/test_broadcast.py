@@ -12,6 +12,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import av
 import numpy as np
 import pytest
@@ -179,3 +180,87 @@ async def test_mp4_records_the_session_while_webrtc_viewers_watch(tmp_path: Path
         frames = sum(1 for _ in container.decode(video=0))
     assert frames >= 50 and recorder.video_frames == frames
     assert abs(recorder.audio_samples / 48000 - recorder.video_frames / 25) < 0.1
+
+
+@pytest.fixture
+def nginx_hls(tmp_path: Path) -> Iterator[tuple[str, str, Path]]:
+    """deploy/nginx/hls.conf as shipped, on free loopback ports, writing HLS under ``tmp_path``."""
+    if NGINX is None or not RTMP_MODULE.exists() or FFPROBE is None:
+        pytest.skip("needs nginx with libnginx-mod-rtmp and ffmpeg (CI installs them)")
+    rtmp_port, http_port = free_port(), free_port()
+    hls = tmp_path / "hls"
+    hls.mkdir()
+    conf = (Path(__file__).resolve().parents[1] / "deploy" / "nginx" / "hls.conf").read_text()
+    for shipped, here in (
+        ("listen 1935;", f"listen 127.0.0.1:{rtmp_port};"),
+        ("listen 8088;", f"listen 127.0.0.1:{http_port};"),
+        ("/var/lib/anchor-hls", str(hls)),
+        ("http {", f"http {{\n    access_log {tmp_path / 'access.log'};"),
+    ):
+        assert shipped in conf, f"deploy/nginx/hls.conf no longer has {shipped!r}"
+        conf = conf.replace(shipped, here)
+    as_root = "user root;\n" if os.geteuid() == 0 else ""
+    header = f"{as_root}daemon off;\nerror_log {tmp_path / 'error.log'};\npid {tmp_path / 'nginx.pid'};\n"
+    config = tmp_path / "nginx.conf"
+    config.write_text(conf.replace("worker_processes 1;", f"worker_processes 1;\n{header}"))
+    process = subprocess.Popen([str(NGINX), "-c", str(config), "-p", str(tmp_path)], stderr=subprocess.PIPE)
+    if not port_opens(rtmp_port) or not port_opens(http_port):
+        process.kill()
+        raise RuntimeError(f"nginx did not start: {process.stderr.read() if process.stderr else ''!r}")
+    try:
+        yield f"rtmp://127.0.0.1:{rtmp_port}/live/anchor", f"http://127.0.0.1:{http_port}/hls", hls
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def _ffprobe_url(url: str) -> dict[str, Any]:
+    ran = subprocess.run(
+        [str(FFPROBE), "-v", "error", "-show_streams", "-show_format", "-of", "json", url],
+        capture_output=True,
+        check=False,
+        timeout=30,
+    )
+    assert ran.returncode == 0, ran.stderr
+    probe: dict[str, Any] = json.loads(ran.stdout)
+    return probe
+
+
+async def test_the_broadcast_comes_out_as_hls_that_ffprobe_reads_over_http(
+    nginx_hls: tuple[str, str, Path],
+) -> None:
+    rtmp, http, _ = nginx_hls
+    recorder = ProgramRecorder(SyncFeed(9.0), rtmp, width=SIZE, height=SIZE, fps=FPS, sample_rate=RATE)
+    await recorder.start()
+    try:
+        async with aiohttp.ClientSession() as client:
+            async with asyncio.timeout(30):
+                while True:  # three 2 s fragments listed
+                    async with client.get(f"{http}/anchor.m3u8") as r:
+                        playlist = await r.text() if r.status == 200 else ""
+                        headers = r.headers
+                    if playlist.count("#EXTINF") >= 3:
+                        break
+                    await asyncio.sleep(0.2)
+            assert headers["Content-Type"] == "application/vnd.apple.mpegurl"
+            assert headers["Cache-Control"] == "no-cache", "a CDN asks for the playlist again each time"
+            segments = [line for line in playlist.splitlines() if line and not line.startswith("#")]
+            durations = [
+                float(line.split(":")[1].rstrip(","))
+                for line in playlist.splitlines()
+                if line.startswith("#EXTINF")
+            ]
+            async with client.get(f"{http}/{segments[0]}") as r:
+                assert r.status == 200 and r.headers["Content-Type"] == "video/mp2t"
+                assert r.headers["Cache-Control"] == "public, max-age=60"
+        assert all(1.5 <= d <= 2.5 for d in durations), durations
+        probe = await asyncio.to_thread(_ffprobe_url, f"{http}/anchor.m3u8")
+        streams = {s["codec_type"]: s for s in probe["streams"]}
+        assert streams["video"]["codec_name"] == "h264" and streams["audio"]["codec_name"] == "aac"
+        assert (streams["video"]["width"], streams["video"]["height"]) == (SIZE, SIZE)
+        for segment in segments:
+            probe = await asyncio.to_thread(_ffprobe_url, f"{http}/{segment}")
+            assert {s["codec_type"] for s in probe["streams"]} == {"video", "audio"}
+            assert 1.5 <= float(probe["format"]["duration"]) <= 2.6, probe["format"]
+    finally:
+        await recorder.stop()
