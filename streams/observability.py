@@ -23,6 +23,8 @@ class ServerState(Protocol):
 
     def viewers(self) -> Mapping[str, int]: ...
 
+    def fanout_counts(self) -> Mapping[str, int]: ...
+
     def live_lines(self) -> Mapping[str, int]: ...
 
     def load(self) -> float: ...
@@ -41,6 +43,14 @@ class ServerCollector:
         for session, count in sorted(self._server.viewers().items()):
             viewers.add_metric([session], count)
         yield viewers
+        fanout = GaugeMetricFamily(
+            "anchor_fanout_viewers",
+            "Viewers subscribed through the SFU (fanout.mode = janus).",
+            labels=["session"],
+        )
+        for session, count in sorted(self._server.fanout_counts().items()):
+            fanout.add_metric([session], count)
+        yield fanout
         lines = GaugeMetricFamily(
             "anchor_live_utterances", "Lines queued or being spoken.", labels=["session"]
         )

@@ -45,6 +45,8 @@ from anchor.core.frames import AudioChunk
 from streams.admission import MachineLoad, RecentRate, ViewerAdmission
 from streams.aiortc_compat import allow_loopback_candidates, tasks_of
 from streams.auth import AuthError, Claims, Grant, TokenAuthority
+from streams.fanout import FanoutUnavailable, JanusPublisher
+from streams.janus import JanusError
 from streams.observability import ServerCollector
 from streams.settings import WebRtcSettings, is_loopback
 from streams.slow_clients import with_header_deadline
@@ -138,6 +140,17 @@ class Peer:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
+@dataclass
+class FanoutViewer:
+    """A viewer's subscription in the SFU, as this server relays it."""
+
+    id: str
+    session: str
+    handle: int  # its Janus handle
+    subject: str  # whose token asked for it
+    timer: asyncio.TimerHandle | None = None  # drops it unless its answer comes in time
+
+
 class RateLimiter:
     """A token bucket per key (the server keys it by client address and token subject): ``per_minute``
     requests, refilled continuously."""
@@ -160,8 +173,8 @@ class RateLimiter:
         return True
 
 
-def parse_offer_json(raw: bytes) -> tuple[str, str | None]:
-    """``(sdp, session)`` from a ``{"sdp", "type": "offer", "session"?}`` body, or ``RequestError(400)``."""
+def parse_offer_json(raw: bytes, kind: str = "offer") -> tuple[str, str | None]:
+    """``(sdp, session)`` from a ``{"sdp", "type": kind, "session"?}`` body, or ``RequestError(400)``."""
     try:
         body = decode_object(raw)
     except CommandError as exc:
@@ -169,8 +182,8 @@ def parse_offer_json(raw: bytes) -> tuple[str, str | None]:
     extra = sorted(set(body) - {"sdp", "type", "session"})
     if extra:
         raise RequestError(400, f"unknown fields {extra}; allowed: sdp, type, session")
-    if body.get("type") != "offer":
-        raise RequestError(400, f"type must be 'offer', got {body.get('type')!r}")
+    if body.get("type") != kind:
+        raise RequestError(400, f"type must be {kind!r}, got {body.get('type')!r}")
     sdp, session = body.get("sdp"), body.get("session")
     if not isinstance(sdp, str):
         raise RequestError(400, "sdp must be a string")
@@ -179,28 +192,28 @@ def parse_offer_json(raw: bytes) -> tuple[str, str | None]:
     return sdp, session
 
 
-def check_sdp(sdp: str) -> SessionDescription:
-    """A parsed offer that asks for our media, or ``RequestError(400)`` naming the problem."""
+def check_sdp(sdp: str, kind: str = "offer") -> SessionDescription:
+    """A parsed offer (or answer) for our media, or ``RequestError(400)`` naming the problem."""
     if not sdp.startswith("v=0"):
-        raise RequestError(400, "SDP offer must start with 'v=0'")
+        raise RequestError(400, f"SDP {kind} must start with 'v=0'")
     try:
         parsed = SessionDescription.parse(sdp)
     except Exception as exc:  # noqa: BLE001 - aiortc's parser raises many kinds on garbage
-        raise RequestError(400, f"malformed SDP offer: {type(exc).__name__}: {exc}") from None
+        raise RequestError(400, f"malformed SDP {kind}: {type(exc).__name__}: {exc}") from None
     kinds = {m.kind for m in parsed.media}
     if not kinds & {"audio", "video"}:
-        raise RequestError(400, f"SDP offer has no audio or video section (found {sorted(kinds) or 'none'})")
+        raise RequestError(400, f"SDP {kind} has no audio or video section (found {sorted(kinds) or 'none'})")
     for m in parsed.media:
         if m.kind not in ("audio", "video"):
             continue
         if m.ice is None or not m.ice.usernameFragment or not m.ice.password:
             raise RequestError(
-                400, f"SDP offer's {m.kind} section has no ICE credentials (ice-ufrag/ice-pwd)"
+                400, f"SDP {kind}'s {m.kind} section has no ICE credentials (ice-ufrag/ice-pwd)"
             )
         if m.dtls is None or not m.dtls.fingerprints:
             raise RequestError(
                 400,
-                f"SDP offer's {m.kind} section has no DTLS fingerprint or setup (a=fingerprint, a=setup)",
+                f"SDP {kind}'s {m.kind} section has no DTLS fingerprint or setup (a=fingerprint, a=setup)",
             )
     return parsed
 
@@ -220,13 +233,15 @@ class WebRtcServer:
         drops: Callable[[], float] | None = None,
         registry: CollectorRegistry | None = None,
         on_drain: Callable[[], None] | None = None,
+        fanouts: Mapping[str, JanusPublisher] | None = None,
     ) -> None:
         """``load``: CPU load (0..1) for admission; by default measured (``MachineLoad``).
         ``drops``: video frames the viewers drop per second; by default measured (``RecentRate``).
         ``registry``: the Prometheus registry ``/metrics`` serves (the runtime's), which gets this
         server's gauges too. Sessions may be added after ``start`` (``add_session``): until the first
         one is, the server is live (``/healthz``) but not ready (``/readyz``). ``on_drain``: what the
-        application stops besides this server when ``POST /drain`` comes (the server drains either way)."""
+        application stops besides this server when ``POST /drain`` comes (the server drains either way).
+        ``fanouts``: sessions whose watching viewers subscribe through the SFU (``/fanout``)."""
         self.settings = settings
         self._cpu = None if load is not None else MachineLoad()
         self.load: Callable[[], float] = load or self._cpu or (lambda: 0.0)
@@ -237,6 +252,8 @@ class WebRtcServer:
         self.sessions: dict[str, ProgramSource[Any]] = dict(sessions)
         self.newsrooms: dict[str, Newsroom] = dict(newsrooms or {})
         self.registry = registry
+        self.fanouts: dict[str, JanusPublisher] = dict(fanouts or {})
+        self.fanout_viewers: dict[str, FanoutViewer] = {}
         self.on_drain = on_drain
         self.default_session = default_session
         secret = settings.jwt_secret.get_secret_value().encode() if settings.jwt_secret else None
@@ -265,6 +282,9 @@ class WebRtcServer:
                 web.post("/whep/{session}", self._whep),
                 web.options("/whep/{session}", self._preflight),
                 web.delete("/whep/{session}/{peer}", self._whep_delete),
+                web.post("/fanout/{session}", self._fanout_subscribe),
+                web.post("/fanout/{session}/{viewer}", self._fanout_answer),
+                web.delete("/fanout/{session}/{viewer}", self._fanout_leave),
                 web.post("/say", self._say),
                 web.options("/say", self._preflight),
                 web.post("/interrupt", self._interrupt),
@@ -279,11 +299,17 @@ class WebRtcServer:
 
     # -- lifecycle -----------------------------------------------------------------
     def add_session(
-        self, session_id: str, source: ProgramSource[Any], newsroom: Newsroom | None = None
+        self,
+        session_id: str,
+        source: ProgramSource[Any],
+        newsroom: Newsroom | None = None,
+        fanout: JanusPublisher | None = None,
     ) -> None:
         self.sessions[session_id] = source
         if newsroom is not None:
             self.newsrooms[session_id] = newsroom
+        if fanout is not None:
+            self.fanouts[session_id] = fanout
 
     @property
     def ready(self) -> bool:
@@ -294,6 +320,12 @@ class WebRtcServer:
         counts = dict.fromkeys(self.sessions, 0)
         for peer in self.peers.values():
             counts[peer.session] = counts.get(peer.session, 0) + 1
+        return counts
+
+    def fanout_counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(self.fanouts, 0)
+        for viewer in self.fanout_viewers.values():
+            counts[viewer.session] = counts.get(viewer.session, 0) + 1
         return counts
 
     def dropped_video(self) -> int:
@@ -442,6 +474,7 @@ class WebRtcServer:
                 "iceServers": [s.public() for s in self.settings.ice_servers],
                 "session": self.default_session,
                 "open": self._open_to(request),
+                "fanout": sorted(self.fanouts),
             }
         )
 
@@ -632,6 +665,81 @@ class WebRtcServer:
             content_type="application/sdp",
             headers={"Location": f"/whep/{session}/{peer.id}"},
         )
+
+    # -- fan-out through the SFU --------------------------------------------------------
+    async def _fanout_subscribe(self, request: web.Request) -> web.StreamResponse:
+        """A watching viewer's subscription in the SFU: Janus's offer, answered at ``/fanout/{s}/{viewer}``.
+        No CPU admission: the SFU carries the media, this process only relays two messages."""
+        if self.draining:
+            raise RequestError(503, "the server is shutting down", retry_after_s=5)
+        session = request.match_info["session"]
+        _, claims = self._admit(request, session)
+        publisher = self.fanouts.get(session)
+        if publisher is None:
+            raise RequestError(404, f"session {session!r} is not fanned out; use /offer")
+        if len(self.fanout_viewers) >= self.settings.max_fanout_viewers:
+            limit = self.settings.max_fanout_viewers
+            raise RequestError(503, f"fan-out limit reached ({limit})", retry_after_s=10)
+        try:
+            handle, offer = await publisher.subscribe()
+        except FanoutUnavailable as exc:
+            raise RequestError(503, str(exc), retry_after_s=2) from None
+        except JanusError as exc:
+            raise RequestError(502, f"the SFU refused the subscription: {exc}") from None
+        viewer = FanoutViewer(secrets.token_urlsafe(12), session, handle, claims.subject)
+        self.fanout_viewers[viewer.id] = viewer
+        viewer.timer = asyncio.get_running_loop().call_later(
+            self.settings.connect_timeout_s,
+            lambda: self._spawn(self._fanout_expire(viewer), f"{viewer.id}:expire"),
+        )
+        return web.json_response(
+            {"viewer": viewer.id, "type": "offer", "sdp": offer["sdp"]},
+            status=201,
+            headers={"Location": f"/fanout/{session}/{viewer.id}"},
+        )
+
+    def _fanout_viewer(self, request: web.Request) -> tuple[FanoutViewer, JanusPublisher]:
+        viewer = self.fanout_viewers.get(request.match_info["viewer"])
+        publisher = self.fanouts.get(request.match_info["session"])
+        if viewer is None or publisher is None or viewer.session != request.match_info["session"]:
+            raise RequestError(404, f"no fan-out viewer {request.match_info['viewer']!r} in this session")
+        claims = self._claims(request, viewer.session, "watch")
+        if claims.subject != viewer.subject and "control" not in claims.grants:
+            raise AuthError(f"viewer {viewer.id!r} is not {claims.subject!r}'s", status=403)
+        return viewer, publisher
+
+    async def _fanout_answer(self, request: web.Request) -> web.StreamResponse:
+        raw = await self._read(request)
+        viewer, publisher = self._fanout_viewer(request)
+        sdp, _ = parse_offer_json(raw, "answer")
+        check_sdp(sdp, "answer")
+        if viewer.timer is not None:
+            viewer.timer.cancel()
+            viewer.timer = None
+        try:
+            await publisher.start_viewer(viewer.handle, {"type": "answer", "sdp": sdp})
+        except (FanoutUnavailable, JanusError) as exc:
+            self.fanout_viewers.pop(viewer.id, None)
+            raise RequestError(502, f"the SFU did not take the answer: {exc}; subscribe again") from None
+        return web.json_response({"viewer": viewer.id})
+
+    async def _fanout_leave(self, request: web.Request) -> web.StreamResponse:
+        viewer, publisher = self._fanout_viewer(request)
+        await self._fanout_drop(viewer, publisher)
+        return web.Response(status=200)
+
+    async def _fanout_expire(self, viewer: FanoutViewer) -> None:
+        """A subscription whose viewer never answered gives its place back."""
+        publisher = self.fanouts.get(viewer.session)
+        if viewer.id in self.fanout_viewers and publisher is not None:
+            log.info("fan-out viewer %s never answered; dropped", viewer.id)
+            await self._fanout_drop(viewer, publisher)
+
+    async def _fanout_drop(self, viewer: FanoutViewer, publisher: JanusPublisher) -> None:
+        self.fanout_viewers.pop(viewer.id, None)
+        if viewer.timer is not None:
+            viewer.timer.cancel()
+        await publisher.leave(viewer.handle)
 
     async def _whep_delete(self, request: web.Request) -> web.StreamResponse:
         peer = self.peers.get(request.match_info["peer"])

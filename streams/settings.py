@@ -1,8 +1,9 @@
-"""Settings of the network edges: the WebRTC server (ICE servers, access rules) and MQTT control."""
+"""Settings of the network edges: the WebRTC server (ICE servers, access rules), fan-out and MQTT control."""
 
 from __future__ import annotations
 
 import ipaddress
+from typing import Literal
 from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
@@ -45,6 +46,29 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+class FanoutSettings(BaseModel):
+    """How viewers who only watch get the program: direct (an encode each, here) or through Janus."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: Literal["direct", "janus"] = Field(
+        "direct",
+        description=(
+            "direct: every viewer is a peer of this process; janus: the program is published once into a "
+            "Janus VideoRoom and watching viewers subscribe there (talking viewers stay direct)."
+        ),
+    )
+    janus_url: str = Field(
+        "http://127.0.0.1:8088/janus", description="Janus's HTTP API (keep it on a private address)."
+    )
+    janus_admin_key: SecretStr | None = Field(
+        None, description="The VideoRoom's admin_key, when Janus requires one to create rooms."
+    )
+    connect_timeout_s: float = Field(10.0, gt=0, le=120, description="The program's connection to Janus.")
+    republish_min_s: float = Field(0.2, gt=0, description="First retry after losing Janus (full jitter).")
+    republish_max_s: float = Field(5.0, gt=0, le=300, description="Longest wait between retries.")
+
+
 class WebRtcSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -82,6 +106,11 @@ class WebRtcSettings(BaseModel):
         description="Admitted POSTs per minute per client address and token subject (bad ones are free).",
     )
     max_peers: int = Field(64, ge=1, description="Live peer connections at most, over all sessions.")
+    max_fanout_viewers: int = Field(
+        10000,
+        ge=1,
+        description="Subscriptions this server relays into the SFU at most (fanout.mode = janus).",
+    )
     max_cpu_load: float = Field(
         0.8,
         gt=0,

@@ -25,7 +25,9 @@ from anchor.face.portrait import default_image, fit, make_portrait
 from anchor.face.rig import MouthRig
 from anchor.responders import SayResponder
 from anchor.testing.fakes import FakeTTS
+from streams.fanout import JanusPublisher
 from streams.server import WebRtcServer
+from streams.settings import FanoutSettings
 
 
 class Microphone(AudioStreamTrack):
@@ -62,11 +64,13 @@ async def served_anchor(
     responder: Stage | None = None,
     load: Callable[[], float] | None = None,
     drops: Callable[[], float] = lambda: 0.0,
+    fanout: FanoutSettings | None = None,
     **webrtc: Any,
 ) -> AsyncIterator[Edge]:
     """``ears``: a root stage for viewer audio (the recognizer's place), when the test needs one;
     ``responder``: what answers (default: one that only reads ``say`` lines); ``load``, ``drops``:
-    admission's signals (CPU share measured; no drops, so a loaded test machine refuses no one)."""
+    admission's signals (CPU share measured; no drops, so a loaded test machine refuses no one);
+    ``fanout``: publish the program into Janus too (watching viewers then use ``/fanout``)."""
     settings = AppSettings(
         media={"width": size, "height": size},  # type: ignore[arg-type]
         webrtc={"port": 0, **webrtc},  # type: ignore[arg-type]
@@ -78,14 +82,20 @@ async def served_anchor(
     graph.add(face).link(tts, face).link(face, VIDEO_OUT)
     if ears is not None:
         graph.add(ears)
-    async with Runtime(settings) as rt:
+    async with Runtime(settings) as rt, contextlib.AsyncExitStack() as parts:
         session = await rt.open_session(graph, session_id="main", look=PortraitLook(portrait))
+        fanouts = {}
+        if fanout is not None:
+            fanouts["main"] = JanusPublisher(session, fanout, name="main")
+            fanouts["main"].start()
+            parts.push_async_callback(fanouts["main"].stop)
         server = WebRtcServer(
             settings.webrtc,
             {"main": session},
             default_session="main",
             load=load,
             drops=drops,
+            fanouts=fanouts,
             registry=rt.metrics.registry,
         )
         await server.start()

@@ -71,8 +71,9 @@ def parses(argv: list[str]) -> None:
     build_parser().parse_args(argv)
 
 
-def test_the_dockerfile_passes_hadolint() -> None:
-    run(tool("hadolint"), "--config", ".hadolint.yaml", "deploy/Dockerfile")
+@pytest.mark.parametrize("dockerfile", ["deploy/Dockerfile", "deploy/janus/Dockerfile"])
+def test_the_dockerfiles_pass_hadolint(dockerfile: str) -> None:
+    run(tool("hadolint"), "--config", ".hadolint.yaml", dockerfile)
 
 
 def test_every_yaml_file_passes_yamllint() -> None:

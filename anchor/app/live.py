@@ -49,6 +49,7 @@ from anchor.responders.faq import FaqError, faq_answerer
 from anchor.responders.llm import llm_answerer
 from anchor.speech.voices import Voice, resolve_voice
 from streams.auth import TokenAuthority
+from streams.fanout import JanusPublisher
 from streams.mqtt import MqttControl
 from streams.recorder import ProgramRecorder
 from streams.server import WebRtcServer
@@ -177,7 +178,12 @@ async def serve(
             )
             parts.push_async_callback(recorder.stop)
             await recorder.start()
-        server.add_session(SESSION, session, desk)
+        fanout = None
+        if settings.fanout.mode == "janus":
+            fanout = JanusPublisher(session, settings.fanout, name=SESSION)
+            fanout.start()
+            parts.push_async_callback(fanout.stop)
+        server.add_session(SESSION, session, desk, fanout)
         secret = settings.webrtc.jwt_secret
         token = None
         if secret is not None:

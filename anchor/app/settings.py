@@ -12,11 +12,12 @@ from typing import Any
 
 from anchor.core.config import AnchorSettings
 from anchor.core.config import load_settings as load_schema
-from streams.settings import MqttSettings, WebRtcSettings
+from streams.settings import FanoutSettings, MqttSettings, WebRtcSettings
 
 
 class AppSettings(AnchorSettings):
     webrtc: WebRtcSettings = WebRtcSettings()
+    fanout: FanoutSettings = FanoutSettings()
     mqtt: MqttSettings = MqttSettings()
 
 

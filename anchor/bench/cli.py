@@ -80,6 +80,15 @@ BENCHES = (
         ),
     ),
     Bench(
+        "fanout",
+        "viewers through Janus: anchor CPU with 1 vs many, SFU hop latency, republish after a restart",
+        "anchor.bench.fanout:bench_fanout",
+        (
+            Option("--viewers", "viewers", 50, int, "receivers subscribed through the SFU"),
+            Option("--seconds", "seconds", 20.0, float, "each measuring window"),
+        ),
+    ),
+    Bench(
         "e2e",
         "the live anchor measured by a synthetic WebRTC viewer process",
         "anchor.bench.e2e:bench_e2e",

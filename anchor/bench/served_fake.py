@@ -4,19 +4,22 @@
 the server's admission signals (its CPU share, its viewers' dropped frames)
 see the anchor's work only, not the bench's receivers decoding video.
 Run as ``python -m anchor.bench.served_fake --port P --size N``; it talks
-without pause until SIGTERM.
+without pause until SIGTERM. ``ANCHOR_FANOUT__*`` (``anchor bench fanout``)
+fans its program out through Janus.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
 
+from anchor.app.settings import AppSettings
 from anchor.bench.streams import fake_anchor, keep_talking
 from anchor.core.aio import cancel_and_wait
+from streams.fanout import JanusPublisher
 from streams.server import WebRtcServer
-from streams.settings import WebRtcSettings
 
 SESSION = "bench"
 
@@ -25,17 +28,23 @@ async def serve(port: int, size: int) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    async with fake_anchor(size) as session:
-        server = WebRtcServer(
-            WebRtcSettings(port=port, max_peers=256), {SESSION: session}, default_session=SESSION
-        )
+    # Every bench viewer comes from one address: the per-client rate limit would refuse most of them.
+    settings = AppSettings(webrtc={"port": port, "max_peers": 256, "offers_per_minute": 100_000})
+    async with fake_anchor(size) as session, contextlib.AsyncExitStack() as parts:
+        fanouts = {}
+        if settings.fanout.mode == "janus":
+            publisher = JanusPublisher(session, settings.fanout, name=SESSION)
+            publisher.start()
+            parts.push_async_callback(publisher.stop)
+            fanouts[SESSION] = publisher
+        server = WebRtcServer(settings.webrtc, {SESSION: session}, default_session=SESSION, fanouts=fanouts)
         await server.start()
+        parts.push_async_callback(server.close)
         talker = loop.create_task(keep_talking(session), name="bench:talk")
         try:
             await stop.wait()
         finally:
             await cancel_and_wait([talker], 5.0)
-            await server.close()
 
 
 def main() -> None:
