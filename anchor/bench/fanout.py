@@ -10,8 +10,8 @@ anchor's ``/fanout`` relay and count video frames without decoding them
 - ``anchor_cpu``: the anchor process's CPU share (of one core) with one
   viewer and with all of them, and the change (target: within 10 %);
 - ``sfu_added_latency_ms``: per video frame, arrival at a receiver through
-  Janus minus arrival at a direct receiver of the same frame (matched by
-  its RTP timestamp offset from the first frame), p50/p95;
+  Janus minus arrival at a direct receiver of the same frame (each frame
+  carries its number in its picture: ``anchor.bench.stamps``), p50/p95;
 - ``republish_s``: Janus killed (SIGKILL) and started again: seconds until
   the anchor has published again, and until a viewer that subscribes again
   receives video.
@@ -35,8 +35,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import av
 from aiortc import RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from anchor.bench.stamps import read_stamp
 from anchor.bench.streams import Receiver, _free_port, _until_ready
 from anchor.core.aio import cancel_and_wait
 from anchor.core.config import AnchorSettings
@@ -122,15 +125,21 @@ async def until_janus_answers(http: aiohttp.ClientSession, janus: Janus, timeout
 
 
 async def watch_through_sfu(
-    http: aiohttp.ClientSession, url: str, session: str, *, token: str | None = None
+    http: aiohttp.ClientSession,
+    url: str,
+    session: str,
+    *,
+    token: str | None = None,
+    receiver: Receiver | None = None,
 ) -> tuple[Receiver, str]:
-    """A receiver subscribed through the anchor's ``/fanout`` relay, and its viewer id."""
+    """A receiver (``receiver``, or a new one) subscribed through the anchor's ``/fanout`` relay, and its
+    viewer id."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     async with http.post(f"{url}/fanout/{session}", headers=headers) as response:
         offer = await response.json()
         if response.status != 201:
             raise RuntimeError(f"/fanout answered {response.status}: {offer}")
-    receiver = Receiver()
+    receiver = receiver or Receiver()
     loop = asyncio.get_running_loop()
     receiver.pc.on("track", lambda track: receiver.tasks.append(loop.create_task(receiver._read(track))))
     await receiver.pc.setRemoteDescription(RTCSessionDescription(sdp=offer["sdp"], type="offer"))
@@ -181,7 +190,15 @@ async def served_fake_with_fanout(janus: Janus, size: int) -> AsyncIterator[tupl
         "ANCHOR_FANOUT__JANUS_ADMIN_KEY": janus.admin_key,
     }
     server = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "anchor.bench.served_fake", "--port", str(port), "--size", str(size), env=env
+        sys.executable,
+        "-m",
+        "anchor.bench.served_fake",
+        "--port",
+        str(port),
+        "--size",
+        str(size),
+        "--stamp",
+        env=env,
     )
     try:
         yield f"http://127.0.0.1:{port}", server.pid
@@ -203,37 +220,46 @@ async def bench_fanout(
     allow_loopback_candidates()
     size = settings.media.width
     result: dict[str, Any] = {"bench": "fanout", "size": size, "viewers_asked": viewers}
-    with running_janus() as janus, video_counted_not_decoded():
+    with running_janus() as janus:
         async with aiohttp.ClientSession() as http, served_fake_with_fanout(janus, size) as (url, pid):
             await until_janus_answers(http, janus)
             await _until_ready(http, url, 60)
             await _until_published(http, url)
-            receivers: list[Receiver] = []
-            try:
-                receivers.append((await watch_through_sfu(http, url, "bench"))[0])
-                await asyncio.sleep(3.0)
-                one = await cpu_share(pid, seconds)
-                for _ in range(viewers - 1):
-                    receivers.append((await watch_through_sfu(http, url, "bench"))[0])
-                await asyncio.sleep(3.0)
-                counted = frames_in(receivers, seconds)
-                many = await cpu_share(pid, seconds)
-                frames = await counted
-                result["viewers"] = {
-                    "subscribed": len(receivers),
-                    "receiving": sum(1 for n in frames if n > 0),
-                    "min_fps": round(min(frames) / seconds, 2),
-                }
-                result["anchor_cpu"] = {
-                    "one_viewer": round(one, 3),
-                    "all_viewers": round(many, 3),
-                    "change": round((many - one) / one, 3) if one > 0 else None,
-                }
-            finally:
-                await close_receivers(receivers)
             result["sfu_added_latency_ms"] = await _added_latency(http, url, seconds)
-            result["republish_s"] = await _restart(http, url, janus)
+            with video_counted_not_decoded():  # many receivers in one process: count, do not decode
+                result.update(await _many(http, url, pid, viewers, seconds))
+                result["republish_s"] = await _restart(http, url, janus)
     return result
+
+
+async def _many(
+    http: aiohttp.ClientSession, url: str, pid: int, viewers: int, seconds: float
+) -> dict[str, Any]:
+    receivers: list[Receiver] = []
+    try:
+        receivers.append((await watch_through_sfu(http, url, "bench"))[0])
+        await asyncio.sleep(3.0)
+        one = await cpu_share(pid, seconds)
+        for _ in range(viewers - 1):
+            receivers.append((await watch_through_sfu(http, url, "bench"))[0])
+        await asyncio.sleep(3.0)
+        counted = asyncio.ensure_future(frames_in(receivers, seconds))
+        many = await cpu_share(pid, seconds)
+        frames = await counted
+    finally:
+        await close_receivers(receivers)
+    return {
+        "viewers": {
+            "subscribed": len(receivers),
+            "receiving": sum(1 for n in frames if n > 0),
+            "min_fps": round(min(frames) / seconds, 2),
+        },
+        "anchor_cpu": {
+            "one_viewer": round(one, 3),
+            "all_viewers": round(many, 3),
+            "change": round((many - one) / one, 3) if one > 0 else None,
+        },
+    }
 
 
 async def _until_published(http: aiohttp.ClientSession, url: str, timeout_s: float = 30.0) -> None:
@@ -247,10 +273,28 @@ async def _until_published(http: aiohttp.ClientSession, url: str, timeout_s: flo
             await asyncio.sleep(0.2)
 
 
+class StampReceiver(Receiver):
+    """Decodes the video and notes when each stamped frame number (``anchor.bench.stamps``) arrived."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.arrived: dict[int, float] = {}
+
+    async def _read(self, track: MediaStreamTrack) -> None:
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            if isinstance(frame, av.VideoFrame):
+                self.arrived.setdefault(read_stamp(frame.to_ndarray(format="gray")), time.perf_counter())
+
+
 async def _added_latency(http: aiohttp.ClientSession, url: str, seconds: float) -> dict[str, Any]:
-    """A direct receiver and an SFU receiver of the same program: the SFU's frames arrive this much later."""
-    via_sfu, _ = await watch_through_sfu(http, url, "bench")
-    direct = Receiver()
+    """The same frames through the SFU and directly: how much later each arrives through the SFU."""
+    via_sfu = StampReceiver()
+    await watch_through_sfu(http, url, "bench", receiver=via_sfu)
+    direct = StampReceiver()
     loop = asyncio.get_running_loop()
     direct.pc.addTransceiver("video", direction="recvonly")
     direct.pc.on("track", lambda track: direct.tasks.append(loop.create_task(direct._read(track))))
@@ -263,20 +307,8 @@ async def _added_latency(http: aiohttp.ClientSession, url: str, seconds: float) 
         await asyncio.sleep(seconds)
     finally:
         await close_receivers([via_sfu, direct])
-    return summarize(_matched_lag_ms(direct.video, via_sfu.video))
-
-
-def _matched_lag_ms(direct: list[tuple[int, float]], relayed: list[tuple[int, float]]) -> list[float]:
-    """Arrival differences of the same frames. Each path numbers its frames from its own RTP origin, so
-    the frame numbers are aligned by the shift under which the most frames arrive within a second."""
-    step = 90_000 // 25
-    direct_at = {round(ts / step): at for ts, at in direct}
-    relayed_at = {round(ts / step): at for ts, at in relayed}
-    candidates = (
-        [(at - direct_at[n + shift]) * 1000 for n, at in relayed_at.items() if n + shift in direct_at]
-        for shift in range(-250, 251)
-    )
-    return max(([lag for lag in lags if abs(lag) < 1000] for lags in candidates), key=len, default=[])
+    both = sorted(set(via_sfu.arrived) & set(direct.arrived))[25:]  # past the first second of warm-up
+    return summarize([(via_sfu.arrived[n] - direct.arrived[n]) * 1000 for n in both])
 
 
 async def _restart(http: aiohttp.ClientSession, url: str, janus: Janus) -> dict[str, Any]:
