@@ -131,7 +131,7 @@ def served_routes() -> list[Any]:
 def test_compose_runs_the_anchor_as_its_files_say() -> None:
     compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
     services = compose["services"]
-    assert set(services) >= {"anchor", "mosquitto", "coturn", "prometheus"}
+    assert set(services) >= {"anchor", "mosquitto", "coturn", "prometheus", "janus"}
     for service in services.values():
         for volume in service.get("volumes", []):
             source = volume.split(":")[0]
@@ -143,6 +143,11 @@ def test_compose_runs_the_anchor_as_its_files_say() -> None:
         assert setting_exists(name), f"{name} is no setting"
     settings = load_settings(DEPLOY / "anchor.toml")
     assert settings.webrtc.drain_grace_s < int(anchor["stop_grace_period"].removesuffix("s"))
+    janus_http = (DEPLOY / "janus" / "janus.transport.http.jcfg").read_text()
+    assert settings.fanout.mode == "janus"
+    assert settings.fanout.janus_url == "http://127.0.0.1:8088/janus" and "port = 8088" in janus_http
+    assert 'ip = "127.0.0.1"' in janus_http, "Janus's API is for the anchor only"
+    assert (DEPLOY / services["janus"]["build"]["context"] / "Dockerfile").exists()
     scrape = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     (job,) = scrape["scrape_configs"]
     assert job["metrics_path"] == "/metrics" and job["static_configs"][0]["targets"] == [
