@@ -20,6 +20,7 @@ import asyncio
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -66,8 +67,13 @@ class JanusPublisher:
         #: Seconds from losing Janus to publishing again, per republish (the first publish is not one).
         self.republish_s: list[float] = []
         self.room: Room | None = None
+        #: Called with a viewer's handle when its subscription ends on Janus's side (it left, its media
+        #: failed, or Janus went away): the server forgets that viewer.
+        self.on_viewer_gone: Callable[[int], None] | None = None
+        self._viewers: set[int] = set()  # subscription handles in the current Janus session
         self._janus: JanusSession | None = None
         self._task: asyncio.Task[None] | None = None
+        self._detaching: set[asyncio.Task[None]] = set()
         self._http: aiohttp.ClientSession | None = None
 
     def start(self) -> None:
@@ -78,6 +84,7 @@ class JanusPublisher:
         if self._task is not None:
             await cancel_and_wait([self._task], 5.0)
             self._task = None
+        await cancel_and_wait(list(self._detaching), 2.0)
         if self._http is not None:
             await self._http.close()
             self._http = None
@@ -89,6 +96,7 @@ class JanusPublisher:
         if janus is None or room is None or not self.published.is_set():
             raise FanoutUnavailable("the program is not published to the SFU right now")
         handle = await janus.attach()
+        self._viewers.add(handle)
         try:
             join = {
                 "request": "join",
@@ -101,6 +109,7 @@ class JanusPublisher:
             if jsep is None or jsep.get("type") != "offer":
                 raise JanusError("Janus gave no offer for the subscription")
         except BaseException:
+            self._viewers.discard(handle)
             await self._detach(janus, handle)
             raise
         return handle, jsep
@@ -113,8 +122,26 @@ class JanusPublisher:
 
     async def leave(self, handle: int) -> None:
         janus = self._janus
+        self._viewers.discard(handle)
         if janus is not None:
             await self._detach(janus, handle)
+
+    def _hung_up(self, handle: int) -> None:
+        """Janus says a handle's connection ended: a viewer's (its subscription is over) or the program's
+        own (the publisher's connection watch handles that)."""
+        if handle in self._viewers:
+            self._viewers.discard(handle)
+            if self._janus is not None:
+                detaching = asyncio.get_running_loop().create_task(
+                    self._detach(self._janus, handle), name=f"fanout:detach:{handle}"
+                )
+                self._detaching.add(detaching)
+                detaching.add_done_callback(self._detaching.discard)
+            self._gone(handle)
+
+    def _gone(self, handle: int) -> None:
+        if self.on_viewer_gone is not None:
+            self.on_viewer_gone(handle)
 
     @staticmethod
     async def _detach(janus: JanusSession, handle: int) -> None:
@@ -132,7 +159,9 @@ class JanusPublisher:
             feed = None
             pc = RTCPeerConnection()
             try:
-                async with JanusSession(self._http, self.settings.janus_url) as janus:
+                async with JanusSession(
+                    self._http, self.settings.janus_url, on_hangup=self._hung_up
+                ) as janus:
                     feed = self.source.subscribe(audio_ms=500, video_frames=8)
                     self.room = await self._publish(janus, pc, feed)
                     self._janus = janus
@@ -151,6 +180,9 @@ class JanusPublisher:
                     lost_at = time.monotonic()
                 self.published.clear()
                 self._janus, self.room = None, None
+                for handle in self._viewers:  # their subscriptions went with that Janus session
+                    self._gone(handle)
+                self._viewers.clear()
                 await pc.close()
                 if feed is not None:
                     self.source.unsubscribe(feed)

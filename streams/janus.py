@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -36,7 +37,16 @@ class JanusError(RuntimeError):
 class JanusSession:
     """One Janus session over HTTP; ``async with`` opens and destroys it."""
 
-    def __init__(self, http: aiohttp.ClientSession, url: str, *, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        http: aiohttp.ClientSession,
+        url: str,
+        *,
+        timeout_s: float = 10.0,
+        on_hangup: Callable[[int], None] | None = None,
+    ) -> None:
+        """``on_hangup(handle)``: a handle's PeerConnection ended (its viewer left, or its media failed)."""
+        self.on_hangup = on_hangup
         self.http = http
         self.url = url.rstrip("/")
         self.timeout_s = timeout_s
@@ -131,6 +141,8 @@ class JanusSession:
             future.set_result(event)
         elif kind in ("hangup", "detached"):
             log.info("janus handle %s: %s (%s)", event.get("sender"), kind, event.get("reason", ""))
+            if kind == "hangup" and self.on_hangup is not None and isinstance(event.get("sender"), int):
+                self.on_hangup(event["sender"])
 
     def _fail_all(self, error: JanusError) -> None:
         for future in self._waiting.values():

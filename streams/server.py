@@ -252,8 +252,10 @@ class WebRtcServer:
         self.sessions: dict[str, ProgramSource[Any]] = dict(sessions)
         self.newsrooms: dict[str, Newsroom] = dict(newsrooms or {})
         self.registry = registry
-        self.fanouts: dict[str, JanusPublisher] = dict(fanouts or {})
+        self.fanouts: dict[str, JanusPublisher] = {}
         self.fanout_viewers: dict[str, FanoutViewer] = {}
+        for session_id, publisher in (fanouts or {}).items():
+            self._fan_out(session_id, publisher)
         self.on_drain = on_drain
         self.default_session = default_session
         secret = settings.jwt_secret.get_secret_value().encode() if settings.jwt_secret else None
@@ -309,7 +311,19 @@ class WebRtcServer:
         if newsroom is not None:
             self.newsrooms[session_id] = newsroom
         if fanout is not None:
-            self.fanouts[session_id] = fanout
+            self._fan_out(session_id, fanout)
+
+    def _fan_out(self, session_id: str, publisher: JanusPublisher) -> None:
+        self.fanouts[session_id] = publisher
+
+        def gone(handle: int) -> None:
+            for viewer in [v for v in self.fanout_viewers.values() if v.session == session_id]:
+                if viewer.handle == handle:
+                    self.fanout_viewers.pop(viewer.id, None)
+                    if viewer.timer is not None:
+                        viewer.timer.cancel()
+
+        publisher.on_viewer_gone = gone
 
     @property
     def ready(self) -> bool:

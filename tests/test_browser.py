@@ -13,6 +13,9 @@ import pytest
 from playwright.async_api import async_playwright
 
 from anchor.app.live import LiveAnchor
+from anchor.bench.fanout import janus_binary, running_janus, until_janus_answers
+from streams.aiortc_compat import allow_loopback_candidates
+from streams.settings import FanoutSettings
 from tests.edge import served_anchor
 from tests.test_live import while_live
 
@@ -109,3 +112,47 @@ async def test_the_page_queues_news_shows_the_queue_and_asks_questions(tmp_path:
     assert seen["queue"] == "Storm warning · priority 7 · queued"
     assert seen["air"] == "(off air)"
     assert not seen["status"].startswith("refused"), seen["status"]
+
+
+@pytest.mark.skipif(CHROMIUM is None or janus_binary() is None, reason="needs Debian's chromium and janus")
+@pytest.mark.timeout(180)
+async def test_chromium_watches_through_janus_and_comes_back_after_it_restarts() -> None:
+    assert CHROMIUM is not None
+    allow_loopback_candidates()
+    with running_janus() as janus:
+        settings = FanoutSettings(mode="janus", janus_url=janus.url, janus_admin_key=janus.admin_key)
+        async with aiohttp.ClientSession() as http:
+            await until_janus_answers(http, janus)
+        async with served_anchor(256, fanout=settings) as edge, async_playwright() as pw:
+            async with asyncio.timeout(30):
+                await edge.server.fanouts["main"].published.wait()
+            browser = await pw.chromium.launch(
+                executable_path=CHROMIUM,
+                args=["--no-sandbox", "--disable-features=WebRtcHideLocalIpsWithMdns"],
+            )
+            try:
+                page = await browser.new_page()
+                await page.goto(f"{edge.url}/?autostart")
+                async with asyncio.timeout(60):
+                    while (await page.evaluate(STATS))["video"] < 25:  # noqa: ASYNC110 - polls the browser
+                        await asyncio.sleep(0.2)
+                assert not edge.server.peers, "no direct peer: the page watched through the SFU"
+                assert len(edge.server.fanout_viewers) == 1
+                await page.evaluate("window.firstPeer = window.anchorPeer")
+                janus.kill()
+                janus.start()
+                killed = asyncio.get_running_loop().time()
+                # The page notices the lost connection and subscribes again by itself.
+                await page.wait_for_function(
+                    "window.anchorPeer && window.anchorPeer !== window.firstPeer", timeout=90_000
+                )
+                async with asyncio.timeout(60):
+                    while (await page.evaluate(STATS))["video"] < 25:  # noqa: ASYNC110 - polls the browser
+                        await asyncio.sleep(0.2)
+                back_after_s = asyncio.get_running_loop().time() - killed
+                status = await page.locator("#status").inner_text()
+            finally:
+                await browser.close()
+    assert status == "connected (through the SFU)", status
+    assert back_after_s < 60, back_after_s
+    print(f"chromium watching through Janus again {back_after_s:.1f} s after the kill")

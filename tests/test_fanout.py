@@ -86,6 +86,11 @@ async def test_viewers_watch_through_janus_and_the_anchor_encodes_once(fanned: E
             async with http.delete(f"{fanned.url}/fanout/main/{viewers[0]}") as r:
                 assert r.status == 200
             assert len(fanned.server.fanout_viewers) == VIEWERS - 1
+            await close_receivers(receivers[1:2])  # leaves without a word: Janus says it hung up
+            async with asyncio.timeout(15):
+                while viewers[1] in fanned.server.fanout_viewers:  # noqa: ASYNC110 - Janus's hangup event
+                    await asyncio.sleep(0.05)
+            assert len(fanned.server.fanout_viewers) == VIEWERS - 2
         finally:
             await close_receivers(receivers)
 
@@ -110,6 +115,9 @@ async def test_the_program_comes_back_after_janus_is_killed_and_restarted(fanned
             try:
                 await until_video([after], 10)
                 back_in = time.monotonic() - killed
+                assert len(fanned.server.fanout_viewers) == 1, (
+                    "the viewer from before the kill went with its SFU"
+                )
             finally:
                 await close_receivers([after])
         finally:
