@@ -26,10 +26,9 @@ import resource
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,8 +38,9 @@ import av
 from aiortc import RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from anchor.bench.processes import free_port, served_fake, until_http_ok
 from anchor.bench.stamps import read_stamp
-from anchor.bench.streams import Receiver, _free_port, _until_ready
+from anchor.bench.streams import Receiver
 from anchor.core.aio import cancel_and_wait
 from anchor.core.config import AnchorSettings
 from anchor.core.stats import summarize
@@ -106,7 +106,7 @@ def _no_core_dumps() -> None:
 @contextlib.contextmanager
 def running_janus() -> Iterator[Janus]:
     with tempfile.TemporaryDirectory(prefix="anchor-janus-") as directory:
-        janus = Janus(Path(directory), _free_port())
+        janus = Janus(Path(directory), free_port())
         janus.start()
         try:
             yield janus
@@ -115,13 +115,7 @@ def running_janus() -> Iterator[Janus]:
 
 
 async def until_janus_answers(http: aiohttp.ClientSession, janus: Janus, timeout_s: float = 15.0) -> None:
-    async with asyncio.timeout(timeout_s):
-        while True:
-            with contextlib.suppress(aiohttp.ClientError):
-                async with http.get(f"{janus.url}/info") as response:
-                    if response.status == 200:
-                        return
-            await asyncio.sleep(0.1)
+    await until_http_ok(http, f"{janus.url}/info", timeout_s, every_s=0.1)
 
 
 async def watch_through_sfu(
@@ -179,39 +173,6 @@ async def cpu_share(pid: int, seconds: float) -> float:
     return (_cpu_seconds(pid) - cpu) / (time.monotonic() - began)
 
 
-@contextlib.asynccontextmanager
-async def served_fake_with_fanout(janus: Janus, size: int) -> AsyncIterator[tuple[str, int]]:
-    """``anchor.bench.served_fake`` in its own process, fanning out through ``janus``: (url, pid)."""
-    port = _free_port()
-    env = {
-        **os.environ,
-        "ANCHOR_FANOUT__MODE": "janus",
-        "ANCHOR_FANOUT__JANUS_URL": janus.url,
-        "ANCHOR_FANOUT__JANUS_ADMIN_KEY": janus.admin_key,
-    }
-    server = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "anchor.bench.served_fake",
-        "--port",
-        str(port),
-        "--size",
-        str(size),
-        "--stamp",
-        env=env,
-    )
-    try:
-        yield f"http://127.0.0.1:{port}", server.pid
-    finally:
-        server.terminate()
-        try:
-            async with asyncio.timeout(15):
-                await server.wait()
-        except TimeoutError:
-            server.kill()
-            await server.wait()
-
-
 async def bench_fanout(
     settings: AnchorSettings, *, viewers: int = 50, seconds: float = 20.0
 ) -> dict[str, Any]:
@@ -221,9 +182,17 @@ async def bench_fanout(
     size = settings.media.width
     result: dict[str, Any] = {"bench": "fanout", "size": size, "viewers_asked": viewers}
     with running_janus() as janus:
-        async with aiohttp.ClientSession() as http, served_fake_with_fanout(janus, size) as (url, pid):
+        fanout = {
+            "ANCHOR_FANOUT__MODE": "janus",
+            "ANCHOR_FANOUT__JANUS_URL": janus.url,
+            "ANCHOR_FANOUT__JANUS_ADMIN_KEY": janus.admin_key,
+        }
+        async with aiohttp.ClientSession() as http:
             await until_janus_answers(http, janus)
-            await _until_ready(http, url, 60)
+        async with (
+            served_fake(size, stamp=True, env=fanout) as (url, pid),
+            aiohttp.ClientSession() as http,
+        ):
             await _until_published(http, url)
             result["sfu_added_latency_ms"] = await _added_latency(http, url, seconds)
             with video_counted_not_decoded():  # many receivers in one process: count, do not decode

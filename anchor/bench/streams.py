@@ -29,9 +29,7 @@ import getpass
 import itertools
 import json
 import shutil
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -45,6 +43,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import VIDEO_TIME_BASE, MediaStreamError, MediaStreamTrack
 
 from anchor.app.mqtt_control import SessionControl
+from anchor.bench.processes import free_port, served_fake
 from anchor.core.aio import cancel_and_wait
 from anchor.core.config import AnchorSettings
 from anchor.core.graph import AUDIO_OUT, VIDEO_OUT, Graph
@@ -202,12 +201,6 @@ async def _latency(session: Session, seconds: float) -> dict[str, Any]:
     return summarize(latencies[25:])  # the first second: connection warm-up
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _mosquitto() -> str | None:
     """Debian installs the broker in /usr/sbin, which is not on every PATH."""
     return shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin")
@@ -244,7 +237,7 @@ async def _mqtt_round_trip(session: Session, rounds: int) -> dict[str, Any]:
     mosquitto = _mosquitto()
     if mosquitto is None:
         return {"skipped": "mosquitto is not installed"}
-    port = _free_port()
+    port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         conf = _broker_config(tmp, port)
         broker = await asyncio.create_subprocess_exec(
@@ -347,31 +340,15 @@ async def _health(http: aiohttp.ClientSession, url: str) -> dict[str, Any]:
     return {"cpu_load": health["cpu_load"], "viewer_drops_per_s": health["viewer_drops_per_s"]}
 
 
-async def _until_ready(http: aiohttp.ClientSession, url: str, timeout_s: float) -> None:
-    async with asyncio.timeout(timeout_s):
-        while True:
-            with contextlib.suppress(aiohttp.ClientError):
-                async with http.get(f"{url}/readyz") as response:
-                    if response.status == 200:
-                        return
-            await asyncio.sleep(0.2)
-
-
 async def _admission(size: int, window_s: float, max_viewers: int) -> dict[str, Any]:
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "anchor.bench.served_fake", "--port", str(port), "--size", str(size)
-    )
     receivers: list[Receiver] = []
     refusal: dict[str, Any] | None = None
     alone: dict[str, float] = {}
     steps: list[dict[str, Any]] = []
-    try:
-        # Receivers that count video without decoding it: their cost must not crowd out the anchor.
-        with video_counted_not_decoded():
-            async with aiohttp.ClientSession() as http:
-                await _until_ready(http, url, 60)
+    # Receivers that count video without decoding it: their cost must not crowd out the anchor.
+    with video_counted_not_decoded():
+        async with served_fake(size) as (url, _), aiohttp.ClientSession() as http:
+            try:
                 while len(receivers) < max_viewers:
                     receiver = Receiver()
                     status, refused = await _offer(http, url, receiver)
@@ -394,18 +371,10 @@ async def _admission(size: int, window_s: float, max_viewers: int) -> dict[str, 
                         }
                     )
                 full = await _watch(receivers, window_s)
-    finally:
-        for receiver in receivers:
-            await cancel_and_wait(receiver.tasks, 5.0)
-            await close_pc(receiver.pc)
-        server.terminate()
-        try:
-            async with asyncio.timeout(15):
-                await server.wait()
-        except TimeoutError:
-            server.kill()
-            await server.wait()
-            raise RuntimeError("the served fake anchor did not stop on SIGTERM within 15 s") from None
+            finally:
+                for receiver in receivers:
+                    await cancel_and_wait(receiver.tasks, 5.0)
+                    await close_pc(receiver.pc)
     return {
         "admitted": len(receivers),
         "refusal": refusal,
