@@ -12,6 +12,7 @@ import pytest
 
 from anchor.bench.fanout import (
     Janus,
+    bench_fanout,
     close_receivers,
     janus_binary,
     running_janus,
@@ -19,6 +20,7 @@ from anchor.bench.fanout import (
     watch_through_sfu,
 )
 from anchor.bench.streams import Receiver
+from anchor.core.config import AnchorSettings
 from streams.aiortc_compat import allow_loopback_candidates, video_counted_not_decoded
 from streams.auth import TokenAuthority
 from streams.settings import FanoutSettings
@@ -161,3 +163,13 @@ async def test_the_relay_takes_only_the_viewers_own_tokens_and_answers(janus: Ja
             await until_video([receiver], 10)
         finally:
             await close_receivers([receiver])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+async def test_fifty_viewers_all_get_the_program_while_the_anchors_cpu_stays_flat() -> None:
+    """The issue's numbers: ``anchor bench fanout`` itself (the anchor in its own process)."""
+    result = await bench_fanout(AnchorSettings(), viewers=50, seconds=10.0)
+    assert result["viewers"]["receiving"] == 50, result["viewers"]
+    assert abs(result["anchor_cpu"]["change"]) <= 0.10, result["anchor_cpu"]
+    assert result["republish_s"]["viewer_watching_again_s"] < 10, result["republish_s"]

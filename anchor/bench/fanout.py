@@ -36,7 +36,6 @@ from typing import Any
 import aiohttp
 import av
 from aiortc import RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from anchor.bench.processes import free_port, served_fake, until_http_ok
 from anchor.bench.stamps import read_stamp
@@ -249,14 +248,9 @@ class StampReceiver(Receiver):
         super().__init__()
         self.arrived: dict[int, float] = {}
 
-    async def _read(self, track: MediaStreamTrack) -> None:
-        while True:
-            try:
-                frame = await track.recv()
-            except MediaStreamError:
-                return
-            if isinstance(frame, av.VideoFrame):
-                self.arrived.setdefault(read_stamp(frame.to_ndarray(format="gray")), time.perf_counter())
+    def note(self, kind: str, frame: Any, at: float) -> None:
+        if isinstance(frame, av.VideoFrame):
+            self.arrived.setdefault(read_stamp(frame.to_ndarray(format="gray")), at)
 
 
 async def _added_latency(http: aiohttp.ClientSession, url: str, seconds: float) -> dict[str, Any]:

@@ -91,8 +91,11 @@ class Receiver:
                 frame = await track.recv()
             except MediaStreamError:
                 return
-            now = time.perf_counter()
-            (self.video if track.kind == "video" else self.audio_pts).append((int(frame.pts or 0), now))
+            self.note(track.kind, frame, time.perf_counter())
+
+    def note(self, kind: str, frame: Any, at: float) -> None:
+        """A frame of ``kind`` came out of the receiver at ``at``."""
+        (self.video if kind == "video" else self.audio_pts).append((int(frame.pts or 0), at))
 
 
 async def _connect(
