@@ -29,7 +29,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from anchor.core.aio import cancel_and_wait
 from anchor.core.backoff import Backoff
-from streams.janus import ROOM_EXISTS, JanusError, JanusSession
+from streams.janus import NO_SUCH_FEED, ROOM_EXISTS, JanusError, JanusSession
 from streams.settings import FanoutSettings
 from streams.tracks import ProgramAudioTrack, ProgramFeed, ProgramVideoTrack
 
@@ -105,7 +105,14 @@ class JanusPublisher:
                 "pin": room.pin,
                 "streams": [{"feed": room.feed}],
             }
-            _, jsep = await janus.message(handle, join)
+            try:
+                _, jsep = await janus.message(handle, join)
+            except JanusError as exc:
+                if exc.code == NO_SUCH_FEED:  # the program is between two publishes
+                    raise FanoutUnavailable(
+                        "the program is being published again; subscribe shortly"
+                    ) from None
+                raise
             if jsep is None or jsep.get("type") != "offer":
                 raise JanusError("Janus gave no offer for the subscription")
         except BaseException:
@@ -226,7 +233,8 @@ class JanusPublisher:
         if jsep is None or jsep.get("type") != "answer":
             raise JanusError("Janus gave no answer to the program's offer")
         await pc.setRemoteDescription(RTCSessionDescription(sdp=jsep["sdp"], type="answer"))
-        await _connected(pc, self.settings.connect_timeout_s)  # Janus lists a feed only once its media is up
+        await _connected(pc, self.settings.connect_timeout_s)
+        await janus.until_up(handle, self.settings.connect_timeout_s)  # Janus lists the feed only from then
         return Room(room_id, pin, int(data["id"]))
 
     async def _until_lost(self, janus: JanusSession, pc: RTCPeerConnection) -> None:

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 VIDEOROOM = "janus.plugin.videoroom"
 ROOM_EXISTS = 427  # the VideoRoom's JANUS_VIDEOROOM_ERROR_ROOM_EXISTS
+NO_SUCH_FEED = 428  # JANUS_VIDEOROOM_ERROR_NO_SUCH_FEED: the publisher is not (or no longer) up
 
 
 class JanusError(RuntimeError):
@@ -53,6 +54,8 @@ class JanusSession:
         self.id: int | None = None
         self.lost = asyncio.Event()
         self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._up: set[int] = set()  # handles whose PeerConnection Janus reported up ("webrtcup")
+        self._up_changed = asyncio.Event()
         self._poller: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> JanusSession:
@@ -104,6 +107,19 @@ class JanusSession:
             self._waiting.pop(transaction, None)
         return _plugin_data(event), event.get("jsep")
 
+    async def until_up(self, handle: int, timeout_s: float) -> None:
+        """Until Janus says ``handle``'s PeerConnection is up (its ``webrtcup`` event): only then does the
+        VideoRoom list a publisher's feed."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                while handle not in self._up:
+                    self._up_changed.clear()
+                    if self.lost.is_set():
+                        raise JanusError("lost the Janus session")
+                    await self._up_changed.wait()
+        except TimeoutError:
+            raise JanusError(f"Janus did not report handle {handle} up within {timeout_s:g} s") from None
+
     async def _post(
         self, url: str, request: dict[str, Any], *, transaction: str | None = None
     ) -> dict[str, Any]:
@@ -130,11 +146,16 @@ class JanusSession:
         except (aiohttp.ClientError, JanusError, ValueError) as exc:
             log.warning("janus session %s lost: %s", self.id, exc)
             self.lost.set()
+            self._up_changed.set()
             self._fail_all(JanusError(f"lost the Janus session: {exc}"))
 
     def _dispatch(self, event: dict[str, Any]) -> None:
         kind = event.get("janus")
         if kind == "keepalive":
+            return
+        if kind == "webrtcup" and isinstance(event.get("sender"), int):
+            self._up.add(event["sender"])
+            self._up_changed.set()
             return
         future = self._waiting.get(str(event.get("transaction")))
         if future is not None and not future.done() and kind == "event":
