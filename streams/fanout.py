@@ -52,6 +52,8 @@ class Program(Protocol):
 class Room:
     id: int
     pin: str
+    secret: str  # destroys it
+    handle: int  # the publisher's handle, which made it
     feed: int  # the publisher's id in the room: what subscribers ask for
 
 
@@ -178,7 +180,11 @@ class JanusPublisher:
                     self.published.set()
                     backoff.reset()
                     log.info("published to Janus room %s (publisher %s)", self.room.id, self.room.feed)
-                    await self._until_lost(janus, pc)
+                    try:
+                        await self._until_lost(janus, pc)
+                    except asyncio.CancelledError:
+                        await self._destroy(janus, self.room)  # a clean stop leaves no empty room behind
+                        raise
                     log.warning("lost the SFU; publishing again")
             except (JanusError, aiohttp.ClientError, OSError) as exc:
                 log.warning("cannot publish to Janus at %s: %s", self.settings.janus_url, exc)
@@ -197,12 +203,16 @@ class JanusPublisher:
 
     async def _publish(self, janus: JanusSession, pc: RTCPeerConnection, feed: ProgramFeed) -> Room:
         handle = await janus.attach()
-        room_id, pin = secrets.randbelow(2**52) + 1, secrets.token_urlsafe(16)
+        room_id, pin, secret = (
+            secrets.randbelow(2**52) + 1,
+            secrets.token_urlsafe(16),
+            secrets.token_urlsafe(24),
+        )
         create = {
             "request": "create",
             "room": room_id,
             "pin": pin,
-            "secret": secrets.token_urlsafe(24),
+            "secret": secret,
             "is_private": True,
             "publishers": 1,
             "audiocodec": "opus",
@@ -235,7 +245,17 @@ class JanusPublisher:
         await pc.setRemoteDescription(RTCSessionDescription(sdp=jsep["sdp"], type="answer"))
         await _connected(pc, self.settings.connect_timeout_s)
         await janus.until_up(handle, self.settings.connect_timeout_s)  # Janus lists the feed only from then
-        return Room(room_id, pin, int(data["id"]))
+        return Room(room_id, pin, secret, handle, int(data["id"]))
+
+    @staticmethod
+    async def _destroy(janus: JanusSession, room: Room) -> None:
+        try:
+            async with asyncio.timeout(2.0):
+                await janus.request(
+                    room.handle, {"request": "destroy", "room": room.id, "secret": room.secret}
+                )
+        except (JanusError, TimeoutError) as exc:
+            log.info("janus room %s: destroy failed (%s)", room.id, exc)
 
     async def _until_lost(self, janus: JanusSession, pc: RTCPeerConnection) -> None:
         failed = asyncio.Event()

@@ -23,6 +23,7 @@ from anchor.bench.streams import Receiver
 from anchor.core.config import AnchorSettings
 from streams.aiortc_compat import allow_loopback_candidates, video_counted_not_decoded
 from streams.auth import TokenAuthority
+from streams.janus import JanusSession
 from streams.settings import FanoutSettings
 from tests.edge import Edge, served_anchor
 
@@ -173,3 +174,25 @@ async def test_fifty_viewers_all_get_the_program_while_the_anchors_cpu_stays_fla
     assert result["viewers"]["receiving"] == 50, result["viewers"]
     assert abs(result["anchor_cpu"]["change"]) <= 0.10, result["anchor_cpu"]
     assert result["republish_s"]["viewer_watching_again_s"] < 10, result["republish_s"]
+
+
+async def rooms_in(janus: Janus) -> list[int]:
+    """The rooms Janus holds, private ones included (the admin key shows them)."""
+    async with aiohttp.ClientSession() as http, JanusSession(http, janus.url) as session:
+        handle = await session.attach()
+        listing = await session.request(handle, {"request": "list", "admin_key": janus.admin_key})
+    return [int(room["room"]) for room in listing["list"]]
+
+
+async def test_a_clean_stop_leaves_no_room_behind_in_janus(janus: Janus) -> None:
+    settings = FanoutSettings(mode="janus", janus_url=janus.url, janus_admin_key=janus.admin_key)
+    async with aiohttp.ClientSession() as http:
+        await until_janus_answers(http, janus)
+    async with served_anchor(256, fanout=settings) as edge:
+        publisher = edge.server.fanouts["main"]
+        async with asyncio.timeout(30):
+            await publisher.published.wait()
+        assert publisher.room is not None
+        room = publisher.room.id
+        assert room in await rooms_in(janus)
+    assert room not in await rooms_in(janus), "the anchor destroyed its room when it stopped"
