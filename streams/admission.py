@@ -49,7 +49,26 @@ def host_busy_seconds(stat: str = "/proc/stat") -> float:
     return busy / os.sysconf("SC_CLK_TCK")
 
 
-class CpuLoad:
+class Sampler:
+    """A signal sampled every ``every_s`` by one background task, between ``start()`` and ``stop()``."""
+
+    every_s: float
+    _task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        name = f"admission:{type(self).__name__}"
+        self._task = asyncio.get_running_loop().create_task(self._sample(), name=name)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            await cancel_and_wait([self._task], 2.0)
+            self._task = None
+
+    async def _sample(self) -> None:
+        raise NotImplementedError
+
+
+class CpuLoad(Sampler):
     """This process's CPU time per wall second and usable CPU, smoothed over ``window_s`` (0..1, or
     more when other processes' time is counted)."""
 
@@ -66,15 +85,6 @@ class CpuLoad:
         self._cpu_time = cpu_time
         self._cpus = cpus or usable_cpus()
         self.value = 0.0
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._sample(), name="admission:cpu")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            await cancel_and_wait([self._task], 2.0)
-            self._task = None
 
     def __call__(self) -> float:
         return self.value
@@ -92,7 +102,7 @@ class CpuLoad:
             cpu, wall = cpu_now, wall_now
 
 
-class RecentRate:
+class RecentRate(Sampler):
     """How fast a cumulative count (such as frames dropped) rose over the last ``window_s``, per second."""
 
     def __init__(self, total: Callable[[], int], *, window_s: float = 5.0, every_s: float = 0.5) -> None:
@@ -100,15 +110,6 @@ class RecentRate:
         self.every_s = every_s
         self._total = total
         self._samples: deque[tuple[float, int]] = deque()
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._sample(), name="admission:drops")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            await cancel_and_wait([self._task], 2.0)
-            self._task = None
 
     def __call__(self) -> float:
         if len(self._samples) < 2:
