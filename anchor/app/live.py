@@ -157,6 +157,8 @@ async def serve(
             owner.spawn(ScriptFeed(desk, settings.news.scripts, settings.news.poll_s).run(), "news-scripts")
         control_target = SessionControl(session, desk=desk, responder=responder)
         server.on_drain = lambda: no_new_lines(control_target, desk)
+        if server.draining:  # a drain asked for while the models loaded reaches the desk and MQTT too
+            server.on_drain()
         if settings.mqtt.url:
             control = MqttControl(settings.mqtt, control_target)
             control.start()
