@@ -4,10 +4,14 @@ import asyncio
 import os
 import shutil
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+
+from anchor.bench.processes import free_port
+from anchor.news.database import open_database
+from anchor.testing.postgres import postgres_bin, running_postgres
 
 ENGINE_CACHE = "ANCHOR_ENGINES__CACHE_DIR"
 _OWN_CACHE = pytest.StashKey[Path]()
@@ -59,3 +63,31 @@ async def no_leaked_tasks() -> AsyncIterator[None]:
         for task in leftover:
             task.cancel()
         pytest.fail(f"test leaked {len(leftover)} task(s): {sorted(t.get_name() for t in leftover)}")
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL server of this test process's own (Debian's package; CI installs it and sets
+    ``ANCHOR_TEST_REQUIRE_POSTGRES`` so that a missing server fails instead of skipping)."""
+    if postgres_bin() is None:
+        if os.environ.get("ANCHOR_TEST_REQUIRE_POSTGRES"):
+            pytest.fail("PostgreSQL is not installed (apt-get install postgresql)")
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    with running_postgres(port=free_port()) as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def news_database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Path | str]:
+    """The news database, on each backend: a fresh SQLite file, or the test server's PostgreSQL emptied
+    after the test."""
+    if request.param == "sqlite":
+        yield tmp_path / "news.db"
+        return
+    url: str = request.getfixturevalue("postgres_url")
+    yield url
+    db = open_database(url)
+    await db.open()
+    for table in ("news_items", "news_files", "anchor_sessions"):
+        await db.execute(f"DELETE FROM {table}")
+    await db.aclose()

@@ -17,7 +17,10 @@ from anchor.core.runtime import Runtime
 from anchor.core.session import EventStream, Session, SessionEvent
 from anchor.news.desk import DeskTiming, NewsDesk, script_sentences
 from anchor.news.scripts import ScriptFeed, parse_script
-from anchor.news.store import NewsError, NewsItem, NewsQueue, NewsStore
+from anchor.bench.processes import free_port
+from anchor.news.database import DatabaseError, DatabaseUnavailable, PostgresDatabase, open_database
+from anchor.news.registry import SessionRegistry
+from anchor.news.store import Fenced, NewsError, NewsItem, NewsQueue, NewsStore
 from anchor.responders import SayResponder
 from anchor.testing.fakes import FakeTTS
 from tests.helpers import FAST
@@ -29,43 +32,93 @@ def item(title: str, body: str = FIVE, priority: int = 0) -> NewsItem:
     return NewsItem(title, body, priority)
 
 
-# -- the store ---------------------------------------------------------------------------------
+# -- the store (on SQLite and on PostgreSQL) ---------------------------------------------------------
 
 
-def test_items_rank_by_cue_then_priority_then_arrival(tmp_path: Path) -> None:
-    store = NewsStore(tmp_path / "news.db")
-    for title, priority in (("a", 0), ("b", 3), ("c", 0), ("d", 3)):
-        assert store.add("s", item(title, priority=priority))
-    assert not store.add("s", item("a")), "the same script is queued once"
-    assert store.add("other", item("x", priority=9))
-    assert store.add("other", item("a")), "another session queues the same script as its own"
-    assert [i.title for i in store.pending("s")] == ["b", "d", "a", "c"]
-    c = next(i for i in store.pending("s") if i.title == "c")
-    store.cue("s", c.id)
-    assert [i.title for i in store.pending("s")] == ["c", "b", "d", "a"]
-    store.finish("s", c.id, "skipped")
-    with pytest.raises(NewsError, match="cannot be cued: it is skipped"):
-        store.cue("s", c.id)
-    with pytest.raises(NewsError, match="cannot be cued: it is unknown"):
-        store.cue("s", "n-nope")
-    assert [i.title for i in store.recent("s")] == ["c"]
-    store.close()
+@contextlib.asynccontextmanager
+async def opened(database: Path | str) -> AsyncIterator[NewsStore]:
+    db = open_database(database)
+    await db.open()
+    try:
+        yield NewsStore(db)
+    finally:
+        await db.aclose()
 
 
-def test_the_reading_position_survives_a_restart(tmp_path: Path) -> None:
-    store = NewsStore(tmp_path / "news.db")
-    store.add("s", item("a"))
-    a = store.next("s")
-    assert a is not None
-    store.begin("s", a.id)
-    store.advance("s", a.id, 3)
-    store.advance("s", a.id, 2)  # a late, older position never moves it back
-    store.close()
-    again = NewsStore(tmp_path / "news.db")
-    resumed = again.next("s")
-    assert resumed is not None
-    assert (resumed.id, resumed.state, resumed.sentence) == (a.id, "reading", 3)
-    again.close()
+async def test_items_rank_by_cue_then_priority_then_arrival(news_database: Path | str) -> None:
+    async with opened(news_database) as store:
+        for title, priority in (("a", 0), ("b", 3), ("c", 0), ("d", 3)):
+            assert await store.add("s", item(title, priority=priority))
+        assert not await store.add("s", item("a")), "the same script is queued once"
+        assert await store.add("other", item("x", priority=9))
+        assert await store.add("other", item("a")), "another session queues the same script as its own"
+        assert [i.title for i in await store.pending("s")] == ["b", "d", "a", "c"]
+        c = next(i for i in await store.pending("s") if i.title == "c")
+        await store.cue("s", c.id)
+        assert [i.title for i in await store.pending("s")] == ["c", "b", "d", "a"]
+        await store.finish("s", c.id, "skipped")
+        with pytest.raises(NewsError, match="cannot be cued: it is skipped"):
+            await store.cue("s", c.id)
+        with pytest.raises(NewsError, match="cannot be cued: it is unknown"):
+            await store.cue("s", "n-nope")
+        assert [i.title for i in await store.recent("s")] == ["c"]
+        assert [i.title for i in await store.pending("other")] == ["x", "a"]
+
+
+async def test_the_reading_position_survives_a_restart(news_database: Path | str) -> None:
+    async with opened(news_database) as store:
+        await store.add("s", item("a"))
+        a = await store.next("s")
+        assert a is not None
+        await store.begin("s", a.id)
+        await store.advance("s", a.id, 3)
+        await store.advance("s", a.id, 2)  # a late, older position never moves it back
+    async with opened(news_database) as again:
+        resumed = await again.next("s")
+        assert resumed is not None
+        assert (resumed.id, resumed.state, resumed.sentence) == (a.id, "reading", 3)
+
+
+async def test_finished_items_are_forgotten_beyond_the_newest_kept(news_database: Path | str) -> None:
+    async with opened(news_database) as store:
+        for n in range(5):
+            await store.add("s", item(f"t{n}"))
+            done = await store.next("s")
+            assert done is not None
+            assert await store.finish("s", done.id, "done")
+        assert await store.forget_finished("s", 2) == 3
+        assert [i.title for i in await store.recent("s")] == ["t4", "t3"]
+
+
+async def test_a_lease_fences_the_reading_position(news_database: Path | str) -> None:
+    """Only the worker holding the session's current epoch moves its reading; one that lost it to
+    another (cut off, then back) is refused in the same statement, and the position stays."""
+    async with opened(news_database) as store:
+        registry = SessionRegistry(store.db)
+        first = await registry.claim("s", "w1/a", "http://w1", 30.0)
+        assert (await registry.claim("s", "w2/b", "http://w2", 30.0)).holder == "w1/a", "a live lease holds"
+        assert await registry.expire("w1/a") == 1
+        assert [o.session for o in await registry.orphans()] == ["s"]
+        second = await registry.claim("s", "w2/b", "http://w2", 30.0, epoch=first.epoch)
+        assert (second.holder, second.epoch) == ("w2/b", first.epoch + 1)
+        late = await registry.claim("s", "w3/c", "http://w3", 30.0, epoch=first.epoch)
+        assert late.holder == "w2/b", "a restart asked for an older epoch is carried out once"
+        old, new = NewsQueue(store.db, "s", epoch=first.epoch), NewsQueue(store.db, "s", epoch=second.epoch)
+        item_id, _ = await new.add(item("a"))
+        await new.begin(item_id)
+        await new.advance(item_id, 2)
+        with pytest.raises(Fenced, match=r"session 's' moved on \(this worker held epoch 1, now epoch 2\)"):
+            await old.advance(item_id, 4)
+        with pytest.raises(Fenced):
+            await old.finish(item_id, "done")
+        stored = await new.get(item_id)
+        assert stored is not None
+        assert (stored.state, stored.sentence) == ("reading", 2)
+        assert not await registry.renew("s", first.epoch, 30.0)
+        assert await registry.renew("s", second.epoch, 30.0)
+        assert await registry.orphans() == []
+        await registry.release("s", second.epoch, wanted=False)
+        assert await registry.orphans() == [], "a session no one wants is not restarted"
 
 
 @pytest.mark.parametrize(
@@ -79,37 +132,61 @@ def test_the_reading_position_survives_a_restart(tmp_path: Path) -> None:
         (NewsItem("t", "body", id="x" * 65), "id is 65 characters"),
     ],
 )
-def test_a_bad_item_is_refused_with_the_reason(tmp_path: Path, bad: NewsItem, message: str) -> None:
-    store = NewsStore(tmp_path / "news.db")
-    with pytest.raises(NewsError, match=message):
-        store.add("s", bad)
-    assert store.pending("s") == []
-    store.close()
+async def test_a_bad_item_is_refused_with_the_reason(
+    news_database: Path | str, bad: NewsItem, message: str
+) -> None:
+    async with opened(news_database) as store:
+        with pytest.raises(NewsError, match=message):
+            await store.add("s", bad)
+        assert await store.pending("s") == []
 
 
-def test_a_database_of_another_schema_version_is_refused(tmp_path: Path) -> None:
-    NewsStore(tmp_path / "news.db").close()
+async def test_a_database_of_another_schema_version_is_refused(tmp_path: Path) -> None:
+    async with opened(tmp_path / "news.db"):
+        pass
     with sqlite3.connect(tmp_path / "news.db") as db:
         db.execute("PRAGMA user_version = 7")
-    with pytest.raises(NewsError, match="has schema version 7; this anchor reads 1"):
-        NewsStore(tmp_path / "news.db")
+    with pytest.raises(DatabaseError, match="has schema version 7; this anchor reads 2"):
+        async with opened(tmp_path / "news.db"):
+            pass
 
 
-def test_a_file_that_is_not_a_database_is_refused(tmp_path: Path) -> None:
+async def test_a_postgres_database_of_another_schema_version_is_refused(postgres_url: str) -> None:
+    async with opened(postgres_url) as store:
+        await store.db.execute("UPDATE anchor_schema SET version = 9")
+    try:
+        with pytest.raises(DatabaseError, match="has schema version 9; this anchor reads 2"):
+            async with opened(postgres_url):
+                pass
+    finally:  # put the version back without opening (opening checks it)
+        raw = PostgresDatabase(postgres_url)
+        await raw.execute("UPDATE anchor_schema SET version = 2")
+        await raw.aclose()
+
+
+async def test_a_file_that_is_not_a_database_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "news.db"
     path.write_bytes(b"this is not sqlite" * 100)
-    with pytest.raises(NewsError, match=r"news database .*news\.db cannot be used"):
-        NewsStore(path)
+    with pytest.raises(DatabaseError, match=r"news database .*news\.db cannot be used"):
+        async with opened(path):
+            pass
 
 
-def test_a_script_is_read_as_its_title_then_its_sentences() -> None:
+async def test_an_unreachable_postgres_is_a_clear_error_in_bounded_time() -> None:
+    db = open_database(f"postgresql://anchor@127.0.0.1:{free_port()}/anchor", timeout_s=2.0)
+    with pytest.raises(DatabaseUnavailable, match="cannot be reached"):
+        await db.open()
+    await db.aclose()
+
+
+async def test_a_script_is_read_as_its_title_then_its_sentences(tmp_path: Path) -> None:
     (parsed,) = parse_script(
         "a.txt", "\n# Storm warning\npriority: 4\nDr. Lee said winds reach 90 km/h.\nStay in.\n"
     )
     assert (parsed.title, parsed.priority) == ("Storm warning", 4)
-    store = NewsStore(":memory:")
-    store.add("s", parsed)
-    stored = store.next("s")
+    async with opened(":memory:") as store:
+        await store.add("s", parsed)
+        stored = await store.next("s")
     assert stored is not None
     assert script_sentences(stored) == ["Storm warning.", "Dr. Lee said winds reach 90 km/h.", "Stay in."]
 
@@ -118,7 +195,7 @@ def test_a_script_is_read_as_its_title_then_its_sentences() -> None:
 
 
 @contextlib.asynccontextmanager
-async def desk_on_air(database: Path) -> AsyncIterator[tuple[Session, NewsDesk, EventStream]]:
+async def desk_on_air(database: Path | str) -> AsyncIterator[tuple[Session, NewsDesk, EventStream]]:
     tts = FakeTTS("tts", ms_per_word=150)
     graph = Graph().chain(SayResponder(), tts).link(tts, AUDIO_OUT)
     async with Runtime(FAST) as rt:
@@ -229,8 +306,8 @@ def script_sentences_of(title: str) -> list[str]:
     ]
 
 
-async def test_a_restart_resumes_the_item_at_its_current_sentence(tmp_path: Path) -> None:
-    database = tmp_path / "news.db"
+async def test_a_restart_resumes_the_item_at_its_current_sentence(news_database: Path | str) -> None:
+    database = news_database
     async with desk_on_air(database) as (_, desk, events):
         await desk.enqueue(item("Weather"))
         reading = Reading(events)

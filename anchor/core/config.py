@@ -16,7 +16,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -196,14 +196,25 @@ class ResponderSettings(_Section):
 
 
 class NewsSettings(_Section):
-    database: Path = Field(
+    database: Path | str = Field(
         default_factory=lambda: _state_home() / "virtual-anchor" / "news.sqlite3",
-        description="The durable news queue (SQLite).",
+        description=(
+            "The durable news queue and session registry: a SQLite file on one machine, or a "
+            "postgresql:// URL shared by a cluster's workers."
+        ),
     )
     scripts: Path | None = Field(None, description="A script file, or a folder watched for scripts.")
     poll_s: float = Field(2.0, gt=0, description="How often the scripts folder is scanned.")
     resume_after_s: float = Field(2.0, ge=0, description="Quiet after a conversation before reading goes on.")
     on_air: bool = Field(True, description="Read the queue from the start.")
+
+
+    @field_validator("database", mode="before")
+    @classmethod
+    def _path_unless_url(cls, value: object) -> object:
+        if isinstance(value, str) and not value.startswith(("postgresql://", "postgres://")):
+            return Path(value)
+        return value
 
 
 def _state_home() -> Path:

@@ -9,7 +9,8 @@ one loop:
 - a viewer who speaks cuts the sentence (barge-in); the desk holds while the
   viewer talks and the anchor answers, then reads that sentence again once
   the session was quiet for ``resume_after_s``;
-- a restart resumes at the sentence being read (the position is in SQLite).
+- a restart resumes at the sentence being read (the position is in the
+  database, SQLite or PostgreSQL; a write is retried while it is out of reach).
 """
 
 from __future__ import annotations
@@ -18,14 +19,20 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
+from anchor.core.backoff import Backoff
 from anchor.core.recent import RecentIds
 from anchor.core.session import EventStream, Session, SessionEvent
+from anchor.news.database import DatabaseUnavailable
 from anchor.news.store import NewsError, NewsItem, NewsQueue, StoredItem
 from anchor.speech.phrases import sentences
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 ORIGIN = "news"
 
@@ -114,7 +121,7 @@ class NewsDesk:
                 await self._wait_until_clear()
                 # Cleared before looking, so an item queued while we look still wakes the wait.
                 self.queue.changed.clear()
-                item = await self.queue.next()
+                item = await self._durably(self.queue.next)
                 if item is None:
                     await self.queue.changed.wait()
                     continue
@@ -129,10 +136,10 @@ class NewsDesk:
         parts = script_sentences(item)
         index = item.sentence
         if index >= len(parts):
-            await self.queue.finish(item.id, "done")
+            await self._durably(lambda: self.queue.finish(item.id, "done"))
             return
         if item.state == "queued":
-            await self.queue.begin(item.id)
+            await self._durably(lambda: self.queue.begin(item.id))
             self.session.announce("news", f"reading {item.id}: {item.title[:120]}")
         self.current = item
         uid = await self.session.say(parts[index], origin=ORIGIN)
@@ -147,11 +154,23 @@ class NewsDesk:
         if outcome == "error":
             log.warning("news item %s: sentence %d failed; going on with the next", item.id, index)
         if index + 1 >= len(parts):
-            if await self.queue.finish(item.id, "done"):
+            if await self._durably(lambda: self.queue.finish(item.id, "done")):
                 self.session.announce("news", f"done {item.id}")
             self.current = None
         else:
-            await self.queue.advance(item.id, index + 1)
+            await self._durably(lambda: self.queue.advance(item.id, index + 1))
+
+    async def _durably(self, call: Callable[[], Awaitable[T]]) -> T:
+        """A queue call, tried again while the database is out of reach: a spoken sentence whose record
+        were lost would be read twice. ``Fenced`` (the session moved to another worker) ends the reading."""
+        backoff = Backoff(0.2, 2.0)
+        while True:
+            try:
+                return await call()
+            except DatabaseUnavailable as exc:
+                delay = backoff.next_delay()
+                log.warning("news desk: %s; trying again in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
 
     async def _wait_until_clear(self) -> None:
         """Until on air, no other utterance is live and the viewer side was quiet long enough."""
