@@ -138,6 +138,11 @@ class Peer:
     feed: ProgramFeed
     claims: Claims
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    video: bool = False  # it takes the program's video (an audio-only player's feed drops every frame)
+
+    @property
+    def dropped_video(self) -> int:
+        return self.feed.dropped_video if self.video else 0
 
 
 @dataclass
@@ -313,6 +318,12 @@ class WebRtcServer:
         if fanout is not None:
             self._fan_out(session_id, fanout)
 
+    async def remove_session(self, session_id: str) -> None:
+        """Stop serving ``session_id``: its viewers are closed (they join again wherever it goes next)."""
+        self.sessions.pop(session_id, None)
+        self.newsrooms.pop(session_id, None)
+        await asyncio.gather(*(self.close_peer(p.id) for p in list(self.peers.values()) if p.session == session_id))
+
     def _fan_out(self, session_id: str, publisher: JanusPublisher) -> None:
         self.fanouts[session_id] = publisher
 
@@ -327,8 +338,9 @@ class WebRtcServer:
 
     @property
     def ready(self) -> bool:
-        """Takes new viewers and commands: the default session is open and the server is not draining."""
-        return self.default_session in self.sessions and not self.draining
+        """Takes new viewers and commands: not draining, and the default session (if it has one: a
+        cluster worker has none) is open."""
+        return not self.draining and (not self.default_session or self.default_session in self.sessions)
 
     def viewers(self) -> dict[str, int]:
         counts = dict.fromkeys(self.sessions, 0)
@@ -344,7 +356,7 @@ class WebRtcServer:
 
     def dropped_video(self) -> int:
         """Video frames dropped by every viewer so far, those gone included (it only grows)."""
-        return self._dropped_by_gone + sum(peer.feed.dropped_video for peer in self.peers.values())
+        return self._dropped_by_gone + sum(peer.dropped_video for peer in self.peers.values())
 
     def live_lines(self) -> dict[str, int]:
         return {name: source.live_lines() for name, source in self.sessions.items()}
@@ -546,10 +558,11 @@ class WebRtcServer:
         if source is None:
             raise RequestError(404, f"no session {session!r}; live: {sorted(self.sessions)}")
         claims = self._claims(request, session, need)
-        if charge and not self.limiter.allow(f"{request.remote or '?'} {claims.subject}"):
+        client = self._client(request)
+        if charge and not self.limiter.allow(f"{client} {claims.subject}"):
             raise RequestError(
                 429,
-                f"too many requests from {request.remote} as {claims.subject!r}; "
+                f"too many requests from {client} as {claims.subject!r}; "
                 f"limit {self.settings.offers_per_minute}/min",
                 retry_after_s=60 // self.settings.offers_per_minute or 1,
             )
@@ -560,6 +573,14 @@ class WebRtcServer:
         if joining and (why := self.admission.refusal(len(self.peers), self.load(), self.drops())):
             raise RequestError(503, f"{why}; the viewers already here keep their stream", retry_after_s=5)
         return source, claims
+
+    def _client(self, request: web.Request) -> str:
+        """The client's address: a trusted proxy's (a cluster gateway's) ``X-Forwarded-For`` names it."""
+        remote = request.remote or "?"
+        forwarded = request.headers.get("X-Forwarded-For")
+        if forwarded and remote in self.settings.trusted_proxies:
+            return forwarded.split(",")[-1].strip() or remote
+        return remote
 
     def _claims(self, request: web.Request, session: str, need: Grant) -> Claims:
         if self._open_to(request):  # loopback dev server, local page: tokens are not needed, so not checked
@@ -791,6 +812,7 @@ class WebRtcServer:
                 pc.addTrack(ProgramAudioTrack(feed))
             if "video" in kinds:
                 pc.addTrack(ProgramVideoTrack(feed))
+                peer.video = True
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception as exc:  # noqa: BLE001 - aiortc raises many kinds on an offer it cannot answer
             await self.close_peer(peer.id)
@@ -873,7 +895,7 @@ class WebRtcServer:
         peer = self.peers.pop(peer_id, None)
         if peer is None:
             return
-        self._dropped_by_gone += peer.feed.dropped_video
+        self._dropped_by_gone += peer.dropped_video
         await cancel_and_wait(peer.tasks, 2.0)
         source = self.sessions.get(peer.session)
         if source is not None:

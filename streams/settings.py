@@ -1,4 +1,5 @@
-"""Settings of the network edges: the WebRTC server (ICE servers, access rules), fan-out and MQTT control."""
+"""Settings of the network edges: the WebRTC server (ICE servers, access rules), fan-out, MQTT control and
+the cluster (workers and gateways over the broker)."""
 
 from __future__ import annotations
 
@@ -152,6 +153,13 @@ class WebRtcSettings(BaseModel):
         15.0, gt=0, le=120, description="An answered offer whose connection is not up by then is closed."
     )
     cors_origins: list[str] = Field(default_factory=list, description="Origins allowed to post offers.")
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Addresses whose X-Forwarded-For header names the client (a cluster's gateways): the rate "
+            "limit then counts each viewer, not the gateway."
+        ),
+    )
     video_frames_buffered: int = Field(
         4, ge=1, le=100, description="Per viewer, before the oldest is dropped."
     )
@@ -218,3 +226,64 @@ class MqttSettings(BaseModel):
             else (self.password.get_secret_value() if self.password else None)
         )
         return str(parts.hostname), parts.port or (8883 if tls else 1883), tls, user, password
+
+
+class ClusterSettings(BaseModel):
+    """``anchor worker`` and ``anchor gateway``: sessions spread over workers through the MQTT broker
+    (``mqtt.url``), their registry and news in ``news.database`` (a ``postgresql://`` URL)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    topic: str = Field(
+        "anchor/cluster", pattern=r"^[A-Za-z0-9_/-]{1,100}$", description="Prefix of the cluster's topics."
+    )
+    group: str = Field(
+        "anchor-workers",
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="The workers' MQTT v5 shared-subscription group: the broker gives each request to one.",
+    )
+    worker_id: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="This worker's name (default: the host name)."
+    )
+    capacity: int = Field(
+        2,
+        ge=1,
+        le=1000,
+        description=(
+            "Sessions this worker runs at most: the number it holds at its targets on its hardware "
+            "(anchor bench live --sessions N: no audio gaps, 25 fps)."
+        ),
+    )
+    advertise_url: str | None = Field(
+        None,
+        description="The URL gateways relay this worker's signalling to (default: http://<webrtc.host>:<port>).",
+    )
+    lease_s: float = Field(
+        4.0, gt=0.5, le=600, description="A session's lease; another worker may take it once it runs out."
+    )
+    renew_s: float = Field(1.0, gt=0, le=300, description="How often a worker renews its leases.")
+    sweep_s: float = Field(
+        1.0, gt=0, le=300, description="How often a worker looks for sessions whose lease ran out."
+    )
+    keepalive_s: int = Field(
+        2,
+        ge=1,
+        le=600,
+        description="MQTT keepalive: a worker cut off is declared dead (its last will) after 1.5 times this.",
+    )
+    start_timeout_s: float = Field(
+        10.0, gt=0, le=120, description="A gateway waits this long for a worker to start a session."
+    )
+    relay_timeout_s: float = Field(15.0, gt=0, le=120, description="A relayed request's whole round trip.")
+    database_timeout_s: float = Field(
+        2.0, gt=0, le=60, description="A registry or news call that takes longer counts as unreachable."
+    )
+    max_hops: int = Field(
+        8, ge=1, le=100, description="A start request refused this many times is answered 'no room'."
+    )
+
+    @model_validator(mode="after")
+    def _renew_within_lease(self) -> ClusterSettings:
+        if self.renew_s * 2 > self.lease_s:
+            raise ValueError(f"renew_s ({self.renew_s:g}) must be at most half of lease_s ({self.lease_s:g})")
+        return self

@@ -378,6 +378,30 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return run_forever(settings, outputs)
 
 
+def _cluster_settings(args: argparse.Namespace) -> AppSettings:
+    settings = _settings(args)
+    settings = _section(settings, "mqtt", "--mqtt", url=args.mqtt)
+    settings = _section(settings, "webrtc", "--host/--port", host=args.host, port=args.port)
+    return _section(settings, "news", "--database", database=args.database)
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from anchor.app.worker import run_worker
+
+    settings = _cluster_settings(args)
+    flags = "--capacity/--worker-id/--advertise-url"
+    settings = _section(
+        settings, "cluster", flags, capacity=args.capacity, worker_id=args.worker_id, advertise_url=args.advertise_url
+    )
+    return run_worker(settings)
+
+
+def _cmd_gateway(args: argparse.Namespace) -> int:
+    from anchor.app.gateway import run_gateway
+
+    return run_gateway(_cluster_settings(args), args.session)
+
+
 def _cmd_lipsync(args: argparse.Namespace) -> int:
     from anchor.app.lipsync import lipsync
     from anchor.face.portrait import AvatarError
@@ -505,7 +529,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--record", type=Path, action="append", default=[], help="also record the program to MP4")
     p.add_argument("--rtmp", action="append", default=[], help="also push the program to an RTMP URL")
     p.add_argument("--news", type=Path, default=None, help="a news script file, or a folder to watch")
-    p.add_argument("--news-db", type=Path, default=None, help="the durable news queue (SQLite file)")
+    p.add_argument(
+        "--news-db", default=None, help="the durable news queue: a SQLite file or a postgresql:// URL"
+    )
     p.add_argument("--answer", choices=("faq", "llm", "off"), default=None, help="who answers viewers")
     p.add_argument("--faq", type=Path, default=None, help="question/answer file (.toml, .json, .csv)")
     p.add_argument(
@@ -520,6 +546,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _voice_flags(p)
     p.set_defaults(func=_cmd_run)
+
+    for name, help_text in (
+        ("worker", "a cluster worker: runs the sessions the broker gives it, up to its capacity"),
+        ("gateway", "the cluster's stateless front door: the page and API, relayed to the workers"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--host", default=None, help="address to bind (default 127.0.0.1)")
+        p.add_argument("--port", type=int, default=None, help="port (default 8080; 0 picks a free one)")
+        p.add_argument("--mqtt", default=None, help="the cluster's broker, e.g. mqtt://user:pass@host:1883")
+        p.add_argument(
+            "--database", default=None, help="news and session registry: postgresql://user@host/db (or a file)"
+        )
+        if name == "worker":
+            p.add_argument("--capacity", type=int, default=None, help="sessions it runs at most (default 2)")
+            p.add_argument("--worker-id", default=None, help="its name in the cluster (default: host name)")
+            p.add_argument("--advertise-url", default=None, help="where gateways reach it (default: bound URL)")
+            p.set_defaults(func=_cmd_worker)
+        else:
+            p.add_argument("--session", default="main", help="the session the page opens by default")
+            p.set_defaults(func=_cmd_gateway)
 
     p = sub.add_parser("lipsync", help="a WAV file onto an avatar: a talking-head MP4 (H.264 + AAC)")
     p.add_argument("audio", type=Path, help="speech as a PCM WAV file (any rate, mono or stereo)")

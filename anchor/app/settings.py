@@ -1,7 +1,7 @@
 """The whole process's settings: the runtime's (``anchor.core.config``) and the network edges'.
 
 The runtime and its stages read ``AnchorSettings``; only the application knows
-the edges, so only it adds their sections (WebRTC, MQTT) and reads the
+the edges, so only it adds their sections (WebRTC, fan-out, MQTT, cluster) and reads the
 operator's file, the ``ANCHOR_*`` environment and overrides into one object.
 """
 
@@ -12,13 +12,14 @@ from typing import Any
 
 from anchor.core.config import AnchorSettings
 from anchor.core.config import load_settings as load_schema
-from streams.settings import FanoutSettings, MqttSettings, WebRtcSettings
+from streams.settings import ClusterSettings, FanoutSettings, MqttSettings, WebRtcSettings
 
 
 class AppSettings(AnchorSettings):
     webrtc: WebRtcSettings = WebRtcSettings()
     fanout: FanoutSettings = FanoutSettings()
     mqtt: MqttSettings = MqttSettings()
+    cluster: ClusterSettings = ClusterSettings()
 
 
 def load_settings(path: Path | None = None, **overrides: Any) -> AppSettings:

@@ -89,6 +89,15 @@ BENCHES = (
         ),
     ),
     Bench(
+        "cluster",
+        "sessions over three workers in network namespaces: start, failover (SIGKILL, cut link), news, relay",
+        "anchor.bench.cluster:bench_cluster",
+        (
+            Option("--sessions", "sessions", 4, int, "sessions reading news at once"),
+            Option("--logs", "logs", None, Path, "keep every process's log in this folder"),
+        ),
+    ),
+    Bench(
         "e2e",
         "the live anchor measured by a synthetic WebRTC viewer process",
         "anchor.bench.e2e:bench_e2e",
