@@ -279,4 +279,3 @@ class Requests:
         future = self._waiting.pop(correlation, None)
         if future is not None and not future.done():
             future.set_result(reply)
-

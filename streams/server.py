@@ -14,6 +14,7 @@ message that says what was wrong.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import secrets
@@ -322,7 +323,9 @@ class WebRtcServer:
         """Stop serving ``session_id``: its viewers are closed (they join again wherever it goes next)."""
         self.sessions.pop(session_id, None)
         self.newsrooms.pop(session_id, None)
-        await asyncio.gather(*(self.close_peer(p.id) for p in list(self.peers.values()) if p.session == session_id))
+        await asyncio.gather(
+            *(self.close_peer(p.id) for p in list(self.peers.values()) if p.session == session_id)
+        )
 
     def _fan_out(self, session_id: str, publisher: JanusPublisher) -> None:
         self.fanouts[session_id] = publisher
@@ -578,9 +581,16 @@ class WebRtcServer:
         """The client's address: a trusted proxy's (a cluster gateway's) ``X-Forwarded-For`` names it."""
         remote = request.remote or "?"
         forwarded = request.headers.get("X-Forwarded-For")
-        if forwarded and remote in self.settings.trusted_proxies:
+        if forwarded and self._trusted(remote):
             return forwarded.split(",")[-1].strip() or remote
         return remote
+
+    def _trusted(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self.settings.trusted_proxies)
 
     def _claims(self, request: web.Request, session: str, need: Grant) -> Claims:
         if self._open_to(request):  # loopback dev server, local page: tokens are not needed, so not checked

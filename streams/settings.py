@@ -153,11 +153,11 @@ class WebRtcSettings(BaseModel):
         15.0, gt=0, le=120, description="An answered offer whose connection is not up by then is closed."
     )
     cors_origins: list[str] = Field(default_factory=list, description="Origins allowed to post offers.")
-    trusted_proxies: list[str] = Field(
+    trusted_proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = Field(
         default_factory=list,
         description=(
-            "Addresses whose X-Forwarded-For header names the client (a cluster's gateways): the rate "
-            "limit then counts each viewer, not the gateway."
+            "Addresses or networks (10.0.0.0/8) whose X-Forwarded-For header names the client (a cluster's "
+            "gateways): the rate limit then counts each viewer, not the gateway."
         ),
     )
     video_frames_buffered: int = Field(

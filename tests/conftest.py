@@ -68,9 +68,9 @@ async def no_leaked_tasks() -> AsyncIterator[None]:
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A PostgreSQL server of this test process's own (Debian's package; CI installs it and sets
-    ``ANCHOR_TEST_REQUIRE_POSTGRES`` so that a missing server fails instead of skipping)."""
+    ``ANCHOR_TEST_REQUIRE_CLUSTER`` so that a missing server fails instead of skipping)."""
     if postgres_bin() is None:
-        if os.environ.get("ANCHOR_TEST_REQUIRE_POSTGRES"):
+        if os.environ.get("ANCHOR_TEST_REQUIRE_CLUSTER"):
             pytest.fail("PostgreSQL is not installed (apt-get install postgresql)")
         pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
     with running_postgres(port=free_port()) as url:

@@ -26,7 +26,9 @@ import pytest
 import yaml
 
 from anchor.app.cli import build_parser
+from anchor.app.gateway import Gateway
 from anchor.app.settings import AppSettings, load_settings
+from anchor.core.metrics import Metrics
 from streams.server import WebRtcServer
 from tests.helpers import free_port, port_opens
 
@@ -80,7 +82,7 @@ def test_every_yaml_file_passes_yamllint() -> None:
     run(tool("yamllint"), "--strict", "-c", ".yamllint.yaml", "deploy/")
 
 
-@pytest.mark.parametrize("overlay", ["base", "overlays/gpu"])
+@pytest.mark.parametrize("overlay", ["base", "overlays/gpu", "cluster"])
 def test_the_rendered_manifests_are_valid_kubernetes(overlay: str, tmp_path: Path) -> None:
     manifests = tmp_path / "manifests.yaml"
     manifests.write_text(run(tool("kustomize"), "build", f"deploy/k8s/{overlay}"))
@@ -118,6 +120,45 @@ def test_the_manifests_say_what_the_anchor_does(overlay: str, tmp_path: Path) ->
     if overlay == "overlays/gpu":
         assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
         assert container["image"].endswith(":cuda")
+
+
+@pytest.mark.usefixtures("deployed_secrets")
+def test_the_cluster_manifests_say_what_the_worker_and_the_gateway_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, postgres_url: str
+) -> None:
+    """Workers and gateways as deploy/k8s/cluster runs them: their commands parse, their probes are routes
+    each serves, their variables are settings, the HPA scales workers on a metric they export."""
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in rendered("cluster")}
+    config = tmp_path / "anchor.toml"
+    config.write_text(docs[("ConfigMap", "anchor-cluster-config")]["data"]["anchor.toml"])
+    monkeypatch.setenv("ANCHOR_MQTT__URL", "mqtt://broker:1883")
+    monkeypatch.setenv("ANCHOR_NEWS__DATABASE", postgres_url)
+    settings = load_settings(config)
+    routes = {
+        "worker": {r.resource.canonical for r in served_routes() if r.method == "GET"},
+        "gateway": {r.resource.canonical for r in Gateway(settings).app.router.routes() if r.method == "GET"},
+    }
+    for role in ("worker", "gateway"):
+        pod = docs[("Deployment", f"anchor-{role}")]["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        parses(container["args"])
+        assert container["args"][-1] == role
+        assert container["livenessProbe"]["httpGet"]["path"] == "/healthz" in routes[role]
+        assert container["readinessProbe"]["httpGet"]["path"] == "/readyz" in routes[role]
+        names = {env["name"] for env in container["env"]}
+        assert {"ANCHOR_MQTT__URL", "ANCHOR_NEWS__DATABASE", "ANCHOR_WEBRTC__JWT_SECRET"} <= names
+        for name in names - {"HOME", "POD_IP", "POD_NAME"}:
+            assert setting_exists(name), f"{name} is no setting"
+    worker = docs[("Deployment", "anchor-worker")]["spec"]["template"]["spec"]
+    (container,) = worker["containers"]
+    parses(container["lifecycle"]["preStop"]["exec"]["command"][1:])
+    assert settings.webrtc.drain_grace_s < worker["terminationGracePeriodSeconds"]
+    hpa = docs[("HorizontalPodAutoscaler", "anchor-worker")]["spec"]
+    (metric,) = hpa["metrics"]
+    assert metric["pods"]["metric"]["name"] == "anchor_sessions"
+    target = float(metric["pods"]["target"]["averageValue"].removesuffix("m")) / 1000
+    assert 0 < target < settings.cluster.capacity, "workers are added before they are full"
+    assert "\nanchor_sessions " in Metrics(10).prometheus_text(), "every runtime (a worker's too) exports it"
 
 
 def served_routes() -> list[Any]:

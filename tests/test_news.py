@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 
+from anchor.bench.processes import free_port
 from anchor.core.frames import SpeechStarted
 from anchor.core.graph import AUDIO_OUT, Graph
 from anchor.core.runtime import Runtime
 from anchor.core.session import EventStream, Session, SessionEvent
-from anchor.news.desk import DeskTiming, NewsDesk, script_sentences
-from anchor.news.scripts import ScriptFeed, parse_script
-from anchor.bench.processes import free_port
 from anchor.news.database import DatabaseError, DatabaseUnavailable, PostgresDatabase, open_database
+from anchor.news.desk import DeskTiming, NewsDesk, script_sentences
 from anchor.news.registry import SessionRegistry
+from anchor.news.scripts import ScriptFeed, parse_script
 from anchor.news.store import Fenced, NewsError, NewsItem, NewsQueue, NewsStore
 from anchor.responders import SayResponder
 from anchor.testing.fakes import FakeTTS

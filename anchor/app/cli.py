@@ -391,7 +391,12 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     settings = _cluster_settings(args)
     flags = "--capacity/--worker-id/--advertise-url"
     settings = _section(
-        settings, "cluster", flags, capacity=args.capacity, worker_id=args.worker_id, advertise_url=args.advertise_url
+        settings,
+        "cluster",
+        flags,
+        capacity=args.capacity,
+        worker_id=args.worker_id,
+        advertise_url=args.advertise_url,
     )
     return run_worker(settings)
 
@@ -556,12 +561,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--port", type=int, default=None, help="port (default 8080; 0 picks a free one)")
         p.add_argument("--mqtt", default=None, help="the cluster's broker, e.g. mqtt://user:pass@host:1883")
         p.add_argument(
-            "--database", default=None, help="news and session registry: postgresql://user@host/db (or a file)"
+            "--database",
+            default=None,
+            help="news and session registry: postgresql://user@host/db (or a file)",
         )
         if name == "worker":
             p.add_argument("--capacity", type=int, default=None, help="sessions it runs at most (default 2)")
             p.add_argument("--worker-id", default=None, help="its name in the cluster (default: host name)")
-            p.add_argument("--advertise-url", default=None, help="where gateways reach it (default: bound URL)")
+            p.add_argument(
+                "--advertise-url", default=None, help="where gateways reach it (default: bound URL)"
+            )
             p.set_defaults(func=_cmd_worker)
         else:
             p.add_argument("--session", default="main", help="the session the page opens by default")

@@ -32,7 +32,14 @@ from urllib.parse import urlsplit
 import aiohttp
 import aiomqtt
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 from anchor.app.settings import AppSettings
 from anchor.core.commands import CommandError, decode_object
@@ -87,7 +94,10 @@ class Gateway:
         )
         self.metrics = CollectorRegistry()
         self.relays = Counter(
-            "anchor_gateway_requests", "Requests relayed, by route and status.", ["route", "status"], registry=self.metrics
+            "anchor_gateway_requests",
+            "Requests relayed, by route and status.",
+            ["route", "status"],
+            registry=self.metrics,
         )
         self.relay_seconds = Histogram(
             "anchor_gateway_relay_seconds",
@@ -96,11 +106,15 @@ class Gateway:
             registry=self.metrics,
         )
         self.starts = Histogram(
-            "anchor_gateway_session_start_seconds", "From asking the workers to a session running.", registry=self.metrics
+            "anchor_gateway_session_start_seconds",
+            "From asking the workers to a session running.",
+            registry=self.metrics,
         )
         online = Gauge("anchor_cluster_workers", "Workers online.", registry=self.metrics)
         online.set_function(lambda: float(sum(w.state == "online" for w in self.workers.values())))
-        room = Gauge("anchor_cluster_room", "Sessions the online workers can still start.", registry=self.metrics)
+        room = Gauge(
+            "anchor_cluster_room", "Sessions the online workers can still start.", registry=self.metrics
+        )
         room.set_function(lambda: float(self.room()))
         self._http: aiohttp.ClientSession | None = None
         self._listener: asyncio.Server | None = None
@@ -121,7 +135,10 @@ class Gateway:
                 web.post("/ask", self._relay_json("ask")),
                 web.get("/news", self._news),
                 web.post("/news", self._relay_json("news-submit")),
-                *(web.options(path, self._preflight) for path in ("/offer", "/say", "/interrupt", "/ask", "/news")),
+                *(
+                    web.options(path, self._preflight)
+                    for path in ("/offer", "/say", "/interrupt", "/ask", "/news")
+                ),
                 web.options("/whep/{session}", self._preflight),
             ]
         )
@@ -135,17 +152,24 @@ class Gateway:
             raise ConfigError(str(exc)) from None
         self.db = db
         self.registry = SessionRegistry(db)
-        # A worker cut off answers no SYN: give up on connecting long before the whole request's time.
+        # A worker cut off answers no SYN: give up on connecting long before the whole request's time. And
+        # a connection per request (no keep-alive): a pooled one to a worker since cut off would wait for
+        # the whole request's time instead (measured: a cut link took 17 s to fail over, not 6).
         timeout = aiohttp.ClientTimeout(total=self.cluster.relay_timeout_s, sock_connect=RELAY_CONNECT_S)
-        self._http = aiohttp.ClientSession(timeout=timeout)
+        self._http = aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(force_close=True))
         self.bus.start()
-        self._runner = web.AppRunner(self.app, access_log=None, keepalive_timeout=self.web.keepalive_timeout_s)
+        self._runner = web.AppRunner(
+            self.app, access_log=None, keepalive_timeout=self.web.keepalive_timeout_s
+        )
         await self._runner.setup()
         handlers = self._runner.server
         assert handlers is not None, "set up by AppRunner.setup()"
         try:
             self._listener = await asyncio.get_running_loop().create_server(
-                with_header_deadline(handlers, self.web.header_timeout_s), self.web.host, self.web.port, reuse_address=True
+                with_header_deadline(handlers, self.web.header_timeout_s),
+                self.web.host,
+                self.web.port,
+                reuse_address=True,
             )
         except OSError as exc:
             await self.close()
@@ -218,7 +242,9 @@ class Gateway:
                 reply = await future
         except TimeoutError:
             raise RequestError(
-                503, f"no worker started session {session!r} within {self.cluster.start_timeout_s:g} s", retry_after_s=2
+                503,
+                f"no worker started session {session!r} within {self.cluster.start_timeout_s:g} s",
+                retry_after_s=2,
             ) from None
         finally:
             self.requests.close(key)
@@ -260,7 +286,9 @@ class Gateway:
         client = request.remote or "?"
         if charged and not self.limiter.allow(f"{client} {claims.subject}"):
             raise RequestError(
-                429, f"too many requests from {client}; limit {self.web.offers_per_minute}/min", retry_after_s=2
+                429,
+                f"too many requests from {client}; limit {self.web.offers_per_minute}/min",
+                retry_after_s=2,
             )
         url = await self.locate(session, start=start)
         try:
@@ -275,11 +303,17 @@ class Gateway:
 
     async def _forward(self, request: web.Request, url: str, route: str, body: bytes) -> web.Response:
         assert self._http is not None
-        headers = {name: request.headers[name] for name in ("Authorization", "Content-Type") if name in request.headers}
+        headers = {
+            name: request.headers[name]
+            for name in ("Authorization", "Content-Type")
+            if name in request.headers
+        }
         forwarded = request.headers.get("X-Forwarded-For")
         headers["X-Forwarded-For"] = f"{forwarded}, {request.remote}" if forwarded else str(request.remote)
         began = time.perf_counter()
-        async with self._http.request(request.method, url + request.path_qs, data=body, headers=headers) as answer:
+        async with self._http.request(
+            request.method, url + request.path_qs, data=body, headers=headers
+        ) as answer:
             payload = await answer.read()
             kept = {name: answer.headers[name] for name in RELAYED_HEADERS if name in answer.headers}
         self.relay_seconds.labels(route).observe(time.perf_counter() - began)
@@ -313,14 +347,20 @@ class Gateway:
             async with asyncio.timeout(self.web.body_timeout_s):
                 return await request.read()
         except TimeoutError:
-            raise RequestError(408, f"request body not received within {self.web.body_timeout_s:g} s", close=True) from None
+            raise RequestError(
+                408, f"request body not received within {self.web.body_timeout_s:g} s", close=True
+            ) from None
 
     @web.middleware
     async def _errors(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         origin = request.headers.get("Origin")
-        if origin is not None and origin != f"{request.scheme}://{request.host}" and origin not in self.web.cors_origins:
+        if (
+            origin is not None
+            and origin != f"{request.scheme}://{request.host}"
+            and origin not in self.web.cors_origins
+        ):
             return web.json_response({"error": f"origin {origin!r} is not allowed"}, status=403)
         try:
             response = await handler(request)
@@ -333,7 +373,9 @@ class Gateway:
             headers = {"WWW-Authenticate": 'Bearer realm="anchor"'} if exc.status == 401 else None
             response = web.json_response({"error": str(exc)}, status=exc.status, headers=headers)
         except web.HTTPRequestEntityTooLarge:
-            response = web.json_response({"error": f"request body exceeds {self.web.max_body_bytes} bytes"}, status=413)
+            response = web.json_response(
+                {"error": f"request body exceeds {self.web.max_body_bytes} bytes"}, status=413
+            )
         except web.HTTPException:
             raise
         except Exception:

@@ -41,8 +41,8 @@ from anchor.app.settings import AppSettings
 from anchor.core.aio import TaskOwner
 from anchor.core.config import ConfigError
 from anchor.core.graph import Graph
-from anchor.core.runtime import Runtime
 from anchor.core.pacer import VideoLook
+from anchor.core.runtime import Runtime
 from anchor.core.session import Session
 from anchor.face.look import PortraitLook
 from anchor.news.database import Database, DatabaseError, DatabaseUnavailable, open_database
@@ -51,7 +51,16 @@ from anchor.news.registry import SessionRegistry
 from anchor.news.store import Fenced, NewsQueue
 from anchor.responders.answer import Responder
 from anchor.speech.voices import resolve_voice
-from streams.cluster_bus import Bus, StartReply, StartRequest, Topics, WorkerStatus, decode, encode, reply_route
+from streams.cluster_bus import (
+    Bus,
+    StartReply,
+    StartRequest,
+    Topics,
+    WorkerStatus,
+    decode,
+    encode,
+    reply_route,
+)
 from streams.server import WebRtcServer
 
 log = logging.getLogger(__name__)
@@ -126,7 +135,9 @@ class Worker:
         )
 
     # -- the process -----------------------------------------------------------------
-    async def run(self, ready: Callable[[Worker], None] | None = None, stop: asyncio.Event | None = None) -> None:
+    async def run(
+        self, ready: Callable[[Worker], None] | None = None, stop: asyncio.Event | None = None
+    ) -> None:
         db = open_database(self.settings.news.database, timeout_s=self.cluster.database_timeout_s)
         try:
             await db.open()
@@ -137,9 +148,13 @@ class Worker:
         async with Runtime(self.settings) as runtime, contextlib.AsyncExitStack() as parts:
             parts.push_async_callback(db.aclose)
             self.runtime = runtime
-            self.server = WebRtcServer(self.settings.webrtc, {}, default_session="", registry=runtime.metrics.registry)
+            self.server = WebRtcServer(
+                self.settings.webrtc, {}, default_session="", registry=runtime.metrics.registry
+            )
             capacity = Gauge(
-                "anchor_session_capacity", "Sessions this worker runs at most.", registry=runtime.metrics.registry
+                "anchor_session_capacity",
+                "Sessions this worker runs at most.",
+                registry=runtime.metrics.registry,
             )
             capacity.set(self.cluster.capacity)
             try:
@@ -149,6 +164,8 @@ class Worker:
                 raise ConfigError(f"cannot serve signalling on {where}: {exc.strerror}") from None
             parts.push_async_callback(self.server.close)
             self.url = self.cluster.advertise_url or self.server.url
+            stop = stop or asyncio.Event()
+            self.server.on_drain = stop.set  # POST /drain (a preStop hook) hands the sessions over too
             parts.push_async_callback(self._tasks.aclose)
             self.bus.start()
             parts.push_async_callback(self._goodbye)
@@ -157,7 +174,7 @@ class Worker:
             self._tasks.spawn(self._sweep(), "sweep")
             if ready is not None:
                 ready(self)
-            await (stop or asyncio.Event()).wait()
+            await stop.wait()
             await self._drain()
 
     async def _goodbye(self) -> None:
@@ -295,7 +312,9 @@ class Worker:
             log.exception("worker %s: session %s did not start", self.id, sid)
             with contextlib.suppress(DatabaseError):
                 await self.registry.release(sid, holding.epoch, wanted=True)
-            return StartReply(session=sid, ok=False, error=f"session {sid!r} did not start: {type(exc).__name__}")
+            return StartReply(
+                session=sid, ok=False, error=f"session {sid!r} did not start: {type(exc).__name__}"
+            )
         self.state.hosted[sid] = hosted
         log.info("worker %s: session %s started (epoch %d)", self.id, sid, holding.epoch)
         return StartReply(session=sid, ok=True, url=self.url, worker=self.id)
@@ -303,7 +322,10 @@ class Worker:
     async def _host(self, sid: str, epoch: int, claimed: float) -> Hosted:
         programme = await asyncio.to_thread(self.make)
         session = await self.runtime.open_session(
-            programme.graph, session_id=sid, look=programme.look, answer_transcripts=programme.responder is not None
+            programme.graph,
+            session_id=sid,
+            look=programme.look,
+            answer_transcripts=programme.responder is not None,
         )
         queue = NewsQueue(self.db, sid, epoch=epoch)
         desk = NewsDesk(session, queue, DeskTiming(resume_after_s=self.settings.news.resume_after_s))
@@ -429,7 +451,7 @@ def run_worker(settings: AppSettings, make: ProgrammeMaker | None = None) -> int
 
         loop.add_signal_handler(signal.SIGINT, task.cancel)
         loop.add_signal_handler(signal.SIGTERM, terminate)
-        maker = make or await asyncio.to_thread(live_programme, settings)
+        maker = make if make is not None else await asyncio.to_thread(live_programme, settings)
         worker = Worker(settings, maker)
 
         def ready(w: Worker) -> None:
@@ -441,4 +463,3 @@ def run_worker(settings: AppSettings, make: ProgrammeMaker | None = None) -> int
         asyncio.run(main())
     print("worker stopped", flush=True)
     return 0
-

@@ -127,9 +127,17 @@ def cluster_rig(workers: int = 3, capacity: int = 3, logs: Path | None = None) -
             "ANCHOR_WEBRTC__OFFERS_PER_MINUTE": "100000",
             "ANCHOR_CLUSTER__CAPACITY": str(capacity),
             "ANCHOR_NEWS__RESUME_AFTER_S": "0.5",
+            "ANCHOR_MQTT__RECONNECT_MAX_S": "2",  # a worker whose link comes back rejoins within 2 s
         }
         rig = Rig(
-            network, hub, hosts, f"http://{hub.address}:{PORT}", env["ANCHOR_MQTT__URL"], database, secret.encode(), folder
+            network,
+            hub,
+            hosts,
+            f"http://{hub.address}:{PORT}",
+            env["ANCHOR_MQTT__URL"],
+            database,
+            secret.encode(),
+            folder,
         )
         rig.env = env
         gateway_env = {**env, "ANCHOR_WEBRTC__HOST": hub.address}
@@ -218,13 +226,16 @@ class Viewer:
         body = {"type": "offer", "sdp": pc.localDescription.sdp, "session": self.session}
         headers = {"Authorization": f"Bearer {self.rig.token(self.session)}"}
         while True:
-            async with self.http.post(f"{self.rig.gateway_url}/offer", json=body, headers=headers) as response:
+            async with self.http.post(
+                f"{self.rig.gateway_url}/offer", json=body, headers=headers
+            ) as response:
                 answer = await response.json()
                 if response.status == 200:
                     break
             await asyncio.sleep(0.25)  # 503 while the session moves: ask again
         await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
         self.joins += 1
+        log.info("viewer %s: joined (%d)", self.session, self.joins)
         async with asyncio.timeout(10.0):
             return await tracks.get()
 
@@ -240,7 +251,7 @@ class Audience:
             await client.subscribe(f"{TOPIC}/sessions/+/events", qos=1)
             connected.set()
             async for message in client.messages:
-                data = json.loads(bytes(message.payload))  # type: ignore[arg-type]
+                data = json.loads(bytes(message.payload))
                 data["session"] = str(message.topic).split("/")[-2]
                 self.events.append(data)
 
@@ -284,7 +295,9 @@ async def post_news(http: aiohttp.ClientSession, rig: Rig, session: str, title: 
     return time.perf_counter() - began
 
 
-async def time_offers(http: aiohttp.ClientSession, rig: Rig, session: str, url: str, rounds: int) -> list[float]:
+async def time_offers(
+    http: aiohttp.ClientSession, rig: Rig, session: str, url: str, rounds: int
+) -> list[float]:
     """``POST /offer`` round trips at ``url``; each viewer is closed (``DELETE``) before the next comes, so
     the worker's admission sees one viewer at a time."""
     times = []
@@ -329,7 +342,9 @@ async def until_all_read(rig: Rig, sessions: list[str], timeout_s: float) -> boo
 async def audience_of(rig: Rig) -> AsyncIterator[Audience]:
     audience = Audience()
     connected = asyncio.Event()
-    task = asyncio.get_running_loop().create_task(audience.listen(rig.hub.address, connected), name="audience")
+    task = asyncio.get_running_loop().create_task(
+        audience.listen(rig.hub.address, connected), name="audience"
+    )
     try:
         async with asyncio.timeout(10):
             await connected.wait()
@@ -338,10 +353,15 @@ async def audience_of(rig: Rig) -> AsyncIterator[Audience]:
         await cancel_and_wait([task], 5.0)
 
 
-async def measure_cluster(rig: Rig, *, sessions: int = 4, items: int = 3, sentences: int = 10) -> dict[str, Any]:
+async def measure_cluster(
+    rig: Rig, *, sessions: int = 4, items: int = 3, sentences: int = 10
+) -> dict[str, Any]:
     names = [f"s{i}" for i in range(sessions)]
     result: dict[str, Any] = {"workers": len(rig.workers), "sessions": sessions}
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http, audience_of(rig) as audience:
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http,
+        audience_of(rig) as audience,
+    ):
         await until_workers(http, rig, len(rig.workers))
         starts = []
         for name in names:
@@ -371,7 +391,9 @@ async def measure_cluster(rig: Rig, *, sessions: int = 4, items: int = 3, senten
             rig.network.cut(cut)
             back = await _speech_again(viewers[cut_session], cut_at, 30.0)
             result["failover_cut_link_s"] = None if back is None else round(back - cut_at, 3)
-            await asyncio.sleep(max(0.0, 6.0 - (time.monotonic() - cut_at)))  # past its lease, whatever happened
+            await asyncio.sleep(
+                max(0.0, 6.0 - (time.monotonic() - cut_at))
+            )  # past its lease, whatever happened
             rig.network.restore(cut)
             restored = time.time()
             await asyncio.sleep(4.0)
@@ -390,7 +412,10 @@ async def measure_cluster(rig: Rig, *, sessions: int = 4, items: int = 3, senten
             via += await time_offers(http, rig, steady, rig.gateway_url, 1)
             direct += await time_offers(http, rig, steady, holding_url, 1)
         finished = await until_all_read(rig, names, 180.0)
-        starts += [await post_news(http, rig, f"t{i}", "Late item", "A late session starts.") for i in range(4)]
+        await until_workers(http, rig, len(rig.workers))  # the cut-off worker is back
+        starts += [
+            await post_news(http, rig, f"t{i}", "Late item", "A late session starts.") for i in range(4)
+        ]
     result["session_start_s"] = summarize(starts)
     gateway_ms, direct_ms = summarize([t * 1000 for t in via]), summarize([t * 1000 for t in direct])
     result["offer_ms"] = {
@@ -420,7 +445,9 @@ async def _speech_again(viewer: Viewer, since: float, timeout_s: float) -> float
     return None
 
 
-async def bench_cluster(settings: AppSettings, *, sessions: int = 4, logs: Path | None = None) -> dict[str, Any]:
+async def bench_cluster(
+    settings: AppSettings, *, sessions: int = 4, logs: Path | None = None
+) -> dict[str, Any]:
     """``anchor bench cluster``: see the module's docstring."""
     del settings  # every process of the rig takes its settings from the environment the bench gives it
     with cluster_rig(logs=logs) as rig:

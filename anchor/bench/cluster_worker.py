@@ -23,7 +23,7 @@ from anchor.face.look import PortraitLook
 from anchor.face.portrait import default_image, fit, make_portrait
 from anchor.face.rig import MouthRig
 from anchor.responders import SayResponder
-from anchor.testing.fakes import Faults, FakeTTS
+from anchor.testing.fakes import FakeTTS, Faults
 
 FIRST_AUDIO_S = 0.15
 
@@ -32,7 +32,7 @@ def fake_programme(size: int) -> ProgrammeMaker:
     portrait = make_portrait(fit(default_image(), (size, size)))
 
     def make() -> Programme:
-        tts = FakeTTS("tts", ms_per_word=250, faults=Faults(first_output_s=FIRST_AUDIO_S))
+        tts = FakeTTS("tts", ms_per_word=250, faults=Faults(first_output_s=FIRST_AUDIO_S), spoken_length=True)
         face = FaceStage(AnimatorDriver(MouthRig(portrait)))
         graph = Graph().chain(SayResponder(), tts).link(tts, AUDIO_OUT)
         graph.add(face).link(tts, face).link(face, VIDEO_OUT)
@@ -48,7 +48,9 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = load_settings()
     settings = settings.model_copy(
-        update={"media": settings.media.model_copy(update={"width": args.size, "height": args.size, "fps": 15})}
+        update={
+            "media": settings.media.model_copy(update={"width": args.size, "height": args.size, "fps": 15})
+        }
     )
     run_worker(settings, fake_programme(args.size))
 

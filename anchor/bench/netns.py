@@ -10,6 +10,7 @@ namespace, link and process it made, and so does leaving the ``with`` block.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import secrets
@@ -140,7 +141,5 @@ def _pids_in(namespace: str) -> list[int]:
 
 
 def _kill(pid: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass

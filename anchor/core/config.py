@@ -16,7 +16,15 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -207,7 +215,6 @@ class NewsSettings(_Section):
     poll_s: float = Field(2.0, gt=0, description="How often the scripts folder is scanned.")
     resume_after_s: float = Field(2.0, ge=0, description="Quiet after a conversation before reading goes on.")
     on_air: bool = Field(True, description="Read the queue from the start.")
-
 
     @field_validator("database", mode="before")
     @classmethod

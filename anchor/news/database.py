@@ -188,7 +188,9 @@ class SqliteDatabase(Database):
 
 def _check_version(name: str, version: int) -> None:
     if version not in (0, 1, SCHEMA_VERSION):  # 1 only lacks a table that the schema adds
-        raise DatabaseError(f"news database {name} has schema version {version}; this anchor reads {SCHEMA_VERSION}")
+        raise DatabaseError(
+            f"news database {name} has schema version {version}; this anchor reads {SCHEMA_VERSION}"
+        )
 
 
 class PostgresDatabase(Database):
@@ -247,9 +249,13 @@ class PostgresDatabase(Database):
                     keepalives_count=3,
                 )
         except TimeoutError:
-            raise DatabaseUnavailable(f"news database {self.name} did not answer in {self.timeout_s:g} s") from None
+            raise DatabaseUnavailable(
+                f"news database {self.name} did not answer in {self.timeout_s:g} s"
+            ) from None
         except psycopg.OperationalError as exc:
-            raise DatabaseUnavailable(f"news database {self.name} cannot be reached: {_first_line(exc)}") from None
+            raise DatabaseUnavailable(
+                f"news database {self.name} cannot be reached: {_first_line(exc)}"
+            ) from None
         return self._conn
 
     async def _run(self, sql: str, params: Sequence[Any]) -> list[Row]:
@@ -264,7 +270,9 @@ class PostgresDatabase(Database):
                 return list(await cursor.fetchall()) if cursor.description is not None else []
         except TimeoutError:
             await self._drop()
-            raise DatabaseUnavailable(f"news database {self.name} did not answer in {self.timeout_s:g} s") from None
+            raise DatabaseUnavailable(
+                f"news database {self.name} did not answer in {self.timeout_s:g} s"
+            ) from None
         except psycopg.OperationalError as exc:
             await self._drop()
             raise DatabaseUnavailable(f"news database {self.name}: {_first_line(exc)}") from None

@@ -99,10 +99,3 @@ class SessionRegistry:
             (limit,),
         )
         return [Holding(r[0], r[1], r[2], int(r[3]), False) for r in rows]
-
-    async def held_by(self, holder: str) -> list[Holding]:
-        rows = await self.db.fetchall(
-            f"SELECT id, holder, url, epoch, lease_until >= {self.db.now} FROM anchor_sessions WHERE holder = ?",
-            (holder,),
-        )
-        return [Holding(r[0], r[1], r[2], int(r[3]), bool(r[4])) for r in rows]

@@ -177,7 +177,8 @@ class NewsStore:
         self, session: str, item_id: str, state: Literal["done", "skipped"], epoch: int | None = None
     ) -> bool:
         changed = await self._fenced(
-            f"UPDATE news_items SET state = ?, cue = 0, finished_at = ? WHERE session = ? AND id = ? AND {_OPEN}",
+            "UPDATE news_items SET state = ?, cue = 0, finished_at = ? "
+            f"WHERE session = ? AND id = ? AND {_OPEN}",
             (state, time.time(), session, item_id),
             session,
             epoch,

@@ -94,7 +94,9 @@ class FakeResponder(_Faulty):
 
 
 class FakeTTS(_Faulty):
-    """``TextDelta`` -> a tone per word (``ms_per_word`` long), pts continuous per utterance."""
+    """``TextDelta`` -> a tone ``ms_per_word`` long, pts continuous per utterance. A delta is one "word"
+    (a streaming responder sends a word at a time); ``spoken_length`` makes the tone as long as the
+    delta's words would take to say, for a whole sentence sent at once (the news desk's)."""
 
     def __init__(
         self,
@@ -104,14 +106,16 @@ class FakeTTS(_Faulty):
         ms_per_word: float = 120.0,
         faults: Faults = Faults(),
         timeout_s: float | None = None,
+        spoken_length: bool = False,
     ) -> None:
         super().__init__(name, faults=faults, timeout_s=timeout_s)
         self.sample_rate = sample_rate
         self.samples_per_word = samples_for_ms(ms_per_word, sample_rate)
+        self.spoken_length = spoken_length
         self._pts: dict[str, int] = {}
 
     def _tone(self, word: str, start: int) -> np.ndarray:
-        n = self.samples_per_word
+        n = self.samples_per_word * (max(1, len(word.split())) if self.spoken_length else 1)
         freq = 180.0 + 40.0 * (sum(map(ord, word)) % 8)
         t = (start + np.arange(n)) / self.sample_rate
         envelope = np.minimum(1.0, np.minimum(np.arange(n), n - np.arange(n)) / (0.01 * self.sample_rate))

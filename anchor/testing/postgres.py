@@ -34,7 +34,9 @@ def _as_server_user(argv: list[str]) -> list[str]:
 
 
 @contextlib.contextmanager
-def running_postgres(host: str = "127.0.0.1", port: int = 55432, *, prefix: Sequence[str] = ()) -> Iterator[str]:
+def running_postgres(
+    host: str = "127.0.0.1", port: int = 55432, *, prefix: Sequence[str] = ()
+) -> Iterator[str]:
     """A server on ``host:port`` for the duration; yields its ``postgresql://`` URL (database ``anchor``).
     ``prefix``: a command that runs the server somewhere else (``ip netns exec hub``)."""
     binaries = postgres_bin()
@@ -47,14 +49,28 @@ def running_postgres(host: str = "127.0.0.1", port: int = 55432, *, prefix: Sequ
     data = folder / "data"
 
     def run(argv: list[str]) -> None:
-        subprocess.run([*prefix, *_as_server_user(argv)], check=True, capture_output=True, text=True, timeout=60)
+        subprocess.run(
+            [*prefix, *_as_server_user(argv)], check=True, capture_output=True, text=True, timeout=60
+        )
 
     try:
         run([str(binaries / "initdb"), "-D", str(data), "-A", "trust", "-U", USER, "--no-sync", "-E", "UTF8"])
         with (data / "pg_hba.conf").open("a") as hba:  # other test hosts connect too (a private network)
             hba.write(f"host all {USER} all trust\n")
         options = f"-k {folder} -c listen_addresses={host} -p {port} -c fsync=off -c full_page_writes=off"
-        run([str(binaries / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(folder / "log"), "-w", "start"])
+        run(
+            [
+                str(binaries / "pg_ctl"),
+                "-D",
+                str(data),
+                "-o",
+                options,
+                "-l",
+                str(folder / "log"),
+                "-w",
+                "start",
+            ]
+        )
         try:
             run([str(binaries / "createdb"), "-h", str(folder), "-p", str(port), "-U", USER, USER])
             yield f"postgresql://{USER}@{host}:{port}/{USER}"

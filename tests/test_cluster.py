@@ -1,0 +1,241 @@
+"""The cluster: workers and a gateway over a real Mosquitto (MQTT v5) and a real PostgreSQL.
+
+On loopback (in this process): a session is started through the gateway and
+relayed to the worker; refusals are precise (no room, bad token, bad body)
+and start nothing; a worker's retained status and last will. In network
+namespaces (root; CI runs as root): three workers, each its own host, on
+fake models; one killed with SIGKILL, one cut off; every session comes back
+elsewhere with no news sentence lost or read twice, and the cut-off worker
+does not run its session again once its link is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import aiomqtt
+import pytest
+
+from anchor.app.gateway import Gateway
+from anchor.app.settings import AppSettings
+from anchor.app.worker import Worker
+from anchor.bench.cluster import cluster_rig, measure_cluster
+from anchor.bench.cluster_worker import fake_programme
+from anchor.bench.netns import netns_available
+from anchor.core.aio import cancel_and_wait
+from anchor.news.database import open_database
+from anchor.news.registry import SessionRegistry
+from anchor.testing.postgres import postgres_bin
+from streams.auth import TokenAuthority
+from tests.helpers import free_port, port_opens
+
+SECRET = "cluster-test-secret-" + "x" * 32
+MOSQUITTO = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin")
+
+
+def _missing() -> str | None:
+    if MOSQUITTO is None:
+        return "mosquitto is not installed"
+    if postgres_bin() is None:
+        return "PostgreSQL is not installed"
+    return None
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[int]:
+    if (why := _missing()) is not None:
+        if os.environ.get("ANCHOR_TEST_REQUIRE_CLUSTER"):
+            pytest.fail(why)
+        pytest.skip(why)
+    assert MOSQUITTO is not None
+    port = free_port()
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
+    process = subprocess.Popen(
+        [MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        assert port_opens(port), "mosquitto did not start"
+        yield port
+    finally:
+        process.kill()
+        process.wait(timeout=10)
+
+
+def cluster_settings(broker: int, database: str, **cluster: Any) -> AppSettings:
+    return AppSettings.model_validate(
+        {
+            "mqtt": {"url": f"mqtt://127.0.0.1:{broker}"},
+            "news": {"database": database, "resume_after_s": 0.3},
+            "webrtc": {"port": 0, "jwt_secret": SECRET, "dev_open": False},
+            "media": {"width": 256, "height": 256, "fps": 15},
+            "cluster": {"capacity": 1, "worker_id": "w-test", **cluster},
+        }
+    )
+
+
+def token(session: str, grants: set[str] | None = None) -> dict[str, str]:
+    issued = TokenAuthority(SECRET.encode()).issue("tester", session, grants or {"watch", "talk", "control"})  # type: ignore[arg-type]
+    return {"Authorization": f"Bearer {issued}"}
+
+
+@contextlib.asynccontextmanager
+async def running_worker(settings: AppSettings) -> AsyncIterator[Worker]:
+    worker = Worker(settings, fake_programme(256))
+    stop = asyncio.Event()
+    started = asyncio.Event()
+    task = asyncio.get_running_loop().create_task(worker.run(lambda _: started.set(), stop))
+    try:
+        async with asyncio.timeout(30):
+            await asyncio.wait(
+                [task, asyncio.ensure_future(started.wait())], return_when=asyncio.FIRST_COMPLETED
+            )
+        if task.done():
+            task.result()
+        yield worker
+    finally:
+        stop.set()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(20):
+                await asyncio.shield(task)
+        await cancel_and_wait([task], 5.0)
+
+
+@contextlib.asynccontextmanager
+async def gateway_for(settings: AppSettings) -> AsyncIterator[Gateway]:
+    gateway = Gateway(settings)
+    await gateway.start()
+    try:
+        for _ in range(200):  # until the workers' retained status has come (10 s at most)
+            if gateway.room() > 0:
+                break
+            await asyncio.sleep(0.05)
+        yield gateway
+    finally:
+        await gateway.close()
+
+
+async def test_a_session_starts_through_the_gateway_and_refusals_are_precise(
+    broker: int, postgres_url: str
+) -> None:
+    settings = cluster_settings(broker, postgres_url)
+    async with (
+        running_worker(settings) as worker,
+        gateway_for(settings) as gateway,
+        aiohttp.ClientSession() as http,
+    ):
+        news = {"session": "desk-1", "title": "Storm", "body": "Winds rise. Stay in."}
+        async with http.post(f"{gateway.url}/news", json=news) as response:
+            assert response.status == 401, "no token, no session"
+        async with http.post(
+            f"{gateway.url}/news", json=news, headers=token("desk-1", {"watch"})
+        ) as response:
+            assert response.status == 403, await response.text()
+        async with http.post(f"{gateway.url}/news", data=b"{not json", headers=token("desk-1")) as response:
+            assert response.status == 400
+        db = open_database(postgres_url)
+        await db.open()
+        try:
+            assert await SessionRegistry(db).lookup("desk-1") is None, "a refused request started nothing"
+            async with http.post(f"{gateway.url}/news", json=news, headers=token("desk-1")) as response:
+                assert response.status == 201, await response.text()
+            holding = await SessionRegistry(db).lookup("desk-1")
+        finally:
+            await db.aclose()
+        assert holding is not None
+        assert (holding.holder, holding.url, holding.live) == (worker.holder, worker.url, True)
+        assert "desk-1" in worker.state.hosted
+        async with http.get(f"{gateway.url}/news?session=desk-1", headers=token("desk-1")) as response:
+            listing = await response.json()
+        assert [i["title"] for i in listing["pending"] + listing["recent"]] == ["Storm"]
+        other = {**news, "session": "desk-2"}
+        async with http.post(f"{gateway.url}/news", json=other, headers=token("desk-2")) as response:
+            assert response.status == 503
+            assert response.headers["Retry-After"]
+            assert "no worker has room for session 'desk-2'" in (await response.json())["error"]
+        async with http.delete(f"{gateway.url}/whep/desk-1/nobody", headers=token("desk-1")) as response:
+            assert response.status == 404, "the worker's own answer comes back through the relay"
+        async with http.get(f"{gateway.url}/metrics") as response:
+            metrics = await response.text()
+        assert 'anchor_gateway_requests_total{route="news-submit",status="201"} 1.0' in metrics
+        assert "anchor_cluster_workers 1.0" in metrics
+
+
+async def test_a_worker_announces_itself_retained_and_its_last_will_says_offline(
+    broker: int, postgres_url: str
+) -> None:
+    settings = cluster_settings(broker, postgres_url, worker_id="w-status")
+    topic = "anchor/cluster/workers/w-status/status"
+
+    async def retained() -> dict[str, Any]:
+        async with aiomqtt.Client("127.0.0.1", broker, protocol=aiomqtt.ProtocolVersion.V5) as client:
+            await client.subscribe(topic, qos=1)
+            async with asyncio.timeout(5):
+                async for message in client.messages:
+                    return dict(json.loads(bytes(message.payload)))  # type: ignore[arg-type]
+        raise AssertionError("no retained status")
+
+    async with running_worker(settings) as worker:
+        async with asyncio.timeout(10):
+            await worker.bus.connected.wait()
+        status = await retained()
+        assert (status["state"], status["capacity"], status["url"]) == ("online", 1, worker.url)
+        assert status["incarnation"] == worker.incarnation
+    status = await retained()
+    assert (status["state"], status["incarnation"]) == ("offline", worker.incarnation), "a clean stop says so"
+
+
+async def test_a_malformed_start_request_is_ignored_and_the_worker_keeps_serving(
+    broker: int, postgres_url: str
+) -> None:
+    settings = cluster_settings(broker, postgres_url, worker_id="w-bad")
+    async with (
+        running_worker(settings) as worker,
+        gateway_for(settings) as gateway,
+        aiohttp.ClientSession() as http,
+    ):
+        async with aiomqtt.Client("127.0.0.1", broker, protocol=aiomqtt.ProtocolVersion.V5) as client:
+            for payload in (
+                b"not json",
+                b'{"session": "../etc"}',
+                b'{"session": "a", "extra": 1}',
+                b"[" * 5000,
+            ):
+                await client.publish("anchor/cluster/sessions/start", payload, qos=1)
+        await asyncio.sleep(0.3)
+        assert worker.state.hosted == {}
+        news = {"session": "desk-3", "title": "After", "body": "Still here."}
+        async with http.post(f"{gateway.url}/news", json=news, headers=token("desk-3")) as response:
+            assert response.status == 201, await response.text()
+
+
+@pytest.mark.timeout(300)
+async def test_sessions_come_back_elsewhere_after_a_kill_and_a_cut_link_with_no_news_lost_or_read_twice(
+    tmp_path: Path,
+) -> None:
+    """Three worker hosts (network namespaces), three sessions reading news, one audio viewer each through
+    the gateway. Liveness bounds only (20 s, 30 s): the targets are the bench's (``anchor bench cluster``)."""
+    why = netns_available() or _missing()
+    if why is not None:
+        if os.environ.get("ANCHOR_TEST_REQUIRE_CLUSTER"):
+            pytest.fail(why)
+        pytest.skip(why)
+    with cluster_rig(logs=tmp_path) as rig:
+        result = await measure_cluster(rig, sessions=3, items=2, sentences=6)
+    assert result["failover_sigkill_s"] is not None, "the killed worker's session never spoke again"
+    assert result["failover_cut_link_s"] is not None, "the cut-off worker's session never spoke again"
+    assert result["cut_worker_after_restore"]["still_speaking"] == [], (
+        "a duplicate ran after the link came back"
+    )
+    assert result["news"] == {"sentences": 3 * 2 * 7, "lost": 0, "repeated": 0, "all_read": True}
+    assert result["session_start_s"]["n"] == 3 + 4
+    assert result["offer_ms"]["gateway"]["n"] == 20
