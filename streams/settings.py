@@ -251,7 +251,7 @@ class ClusterSettings(BaseModel):
         le=1000,
         description=(
             "Sessions this worker runs at most: the number it holds at its targets on its hardware "
-            "(anchor bench live --sessions N: no audio gaps, 25 fps)."
+            "(anchor bench soak --sessions N: no audio gaps, 25 fps)."
         ),
     )
     advertise_url: str | None = Field(

@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from typing import Any
 import aiohttp
 import aiomqtt
 import pytest
+from playwright.async_api import async_playwright
 
 from anchor.app.gateway import Gateway
 from anchor.app.settings import AppSettings
@@ -239,3 +241,108 @@ async def test_sessions_come_back_elsewhere_after_a_kill_and_a_cut_link_with_no_
     assert result["news"] == {"sentences": 3 * 2 * 7, "lost": 0, "repeated": 0, "all_read": True}
     assert result["session_start_s"]["n"] == 3 + 4
     assert result["offer_ms"]["gateway"]["n"] == 20
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+AUDIO_ENERGY = """async () => {
+  if (!window.anchorPeer) return 0;
+  let energy = 0;
+  (await window.anchorPeer.getStats()).forEach((r) => {
+    if (r.type === "inbound-rtp" && r.kind === "audio") energy = r.totalAudioEnergy || 0;
+  });
+  return energy;
+}"""
+
+
+async def hears_speech(page: Any, timeout_s: float) -> None:
+    """Until the page's current connection has received speech (audio energy, not silence)."""
+    async with asyncio.timeout(timeout_s):
+        while await page.evaluate(AUDIO_ENERGY) <= 0.01:  # noqa: ASYNC110 - polls the browser
+            await asyncio.sleep(0.2)
+
+
+@contextlib.contextmanager
+def worker_processes(
+    broker: int, database: str, count: int, logs: Path
+) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
+    """``count`` fake-model workers on loopback, each its own process (so one can be killed)."""
+    processes: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        for n in range(count):
+            env = {
+                **os.environ,
+                "ANCHOR_MQTT__URL": f"mqtt://127.0.0.1:{broker}",
+                "ANCHOR_NEWS__DATABASE": database,
+                "ANCHOR_WEBRTC__PORT": str(free_port()),
+                "ANCHOR_CLUSTER__WORKER_ID": f"w{n}",
+                "ANCHOR_CLUSTER__CAPACITY": "1",
+            }
+            with open(logs / f"w{n}.log", "wb") as log:
+                processes[f"w{n}"] = subprocess.Popen(
+                    [sys.executable, "-m", "anchor.bench.cluster_worker"],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+        yield processes
+    finally:
+        for process in processes.values():
+            process.kill()
+            process.wait(timeout=10)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (CI installs it)")
+@pytest.mark.timeout(180)
+async def test_the_page_follows_its_session_to_another_worker_after_a_sigkill(
+    broker: int, postgres_url: str, tmp_path: Path
+) -> None:
+    """Chromium watches a session through the gateway; its worker is killed; the page joins again by itself
+    and hears the news go on from the worker that took the session over."""
+    assert CHROMIUM is not None
+    settings = AppSettings.model_validate(
+        {
+            "mqtt": {"url": f"mqtt://127.0.0.1:{broker}"},
+            "news": {"database": postgres_url},
+            "webrtc": {"port": 0},
+        }
+    )
+    with worker_processes(broker, postgres_url, 2, tmp_path) as workers:
+        async with (
+            gateway_for(settings) as gateway,
+            aiohttp.ClientSession() as http,
+            async_playwright() as pw,
+        ):
+            for _ in range(300):  # both workers online (their start-up loads the face: seconds)
+                if gateway.room() == 2:
+                    break
+                await asyncio.sleep(0.1)
+            body = " ".join(f"Sentence {n} of the story goes on." for n in range(40))
+            news = {"session": "live-1", "title": "A long story", "body": body}
+            async with http.post(f"{gateway.url}/news", json=news) as response:
+                assert response.status == 201, await response.text()
+            browser = await pw.chromium.launch(
+                executable_path=CHROMIUM, args=["--no-sandbox", "--autoplay-policy=no-user-gesture-required"]
+            )
+            try:
+                page = await browser.new_page()
+                await page.goto(f"{gateway.url}/?autostart&session=live-1")
+                await hears_speech(page, 30)
+                await page.evaluate("window.firstPeer = window.anchorPeer")
+                db = open_database(postgres_url)
+                await db.open()
+                holding = await SessionRegistry(db).lookup("live-1")
+                await db.aclose()
+                assert holding is not None
+                victim = holding.holder.split("/")[0]
+                workers[victim].kill()
+                killed = asyncio.get_running_loop().time()
+                await page.wait_for_function(
+                    "window.anchorPeer && window.anchorPeer !== window.firstPeer", timeout=60_000, polling=200
+                )
+                await hears_speech(page, 30)
+                back_after_s = asyncio.get_running_loop().time() - killed
+                status = await page.locator("#status").inner_text()
+            finally:
+                await browser.close()
+    assert status == "connected", status
+    print(f"chromium hears the session again {back_after_s:.1f} s after its worker was killed")
