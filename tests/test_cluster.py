@@ -30,7 +30,7 @@ from playwright.async_api import async_playwright
 from anchor.app.gateway import Gateway
 from anchor.app.settings import AppSettings
 from anchor.app.worker import Worker
-from anchor.bench.cluster import cluster_rig, measure_cluster
+from anchor.bench.cluster import Audience, cluster_rig, measure_cluster
 from anchor.bench.cluster_worker import fake_programme
 from anchor.bench.netns import netns_available
 from anchor.core.aio import cancel_and_wait
@@ -220,6 +220,84 @@ async def test_a_malformed_start_request_is_ignored_and_the_worker_keeps_serving
             assert response.status == 201, await response.text()
 
 
+async def until(predicate: Any, timeout_s: float, what: str) -> None:
+    for _ in range(int(timeout_s / 0.05)):
+        if predicate():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"not within {timeout_s:g} s: {what}")
+
+
+async def test_a_worker_stops_a_session_that_moved_to_another_worker(broker: int, postgres_url: str) -> None:
+    """Fencing from the worker's side: once the registry gives its session a newer epoch (another worker
+    took it), its next renewal fails and it stops the session here; its reading position stays put."""
+    settings = cluster_settings(broker, postgres_url, worker_id="w-moved", capacity=2)
+    async with (
+        running_worker(settings) as worker,
+        gateway_for(settings) as gateway,
+        aiohttp.ClientSession() as http,
+    ):
+        body = " ".join(f"Sentence {n} is long enough." for n in range(30))
+        news = {"session": "m-1", "title": "Moving", "body": body}
+        async with http.post(f"{gateway.url}/news", json=news, headers=token("m-1")) as response:
+            assert response.status == 201
+        db = open_database(postgres_url)
+        await db.open()
+        try:
+            await until(lambda: worker.state.hosted["m-1"].desk.current is not None, 10, "reading begins")
+            await db.execute(
+                "UPDATE anchor_sessions SET epoch = epoch + 1, holder = 'elsewhere/1', lease_until = lease_until + 60 "
+                "WHERE id = 'm-1'"
+            )
+            position = await db.fetchone("SELECT sentence FROM news_items WHERE session = 'm-1'")
+            await until(lambda: "m-1" not in worker.state.hosted, 5, "the worker stops the moved session")
+            await asyncio.sleep(settings.cluster.renew_s * 2)
+            assert await db.fetchone("SELECT sentence FROM news_items WHERE session = 'm-1'") == position
+        finally:
+            await db.aclose()
+
+
+async def test_a_draining_worker_hands_its_session_over_and_the_news_goes_on(
+    broker: int, postgres_url: str
+) -> None:
+    """SIGTERM's drain (here: the worker's stop event) finishes the line, releases the session, and another
+    worker starts it at once: every sentence is read once, across the two."""
+    first = cluster_settings(broker, postgres_url, worker_id="w-old")
+    second = cluster_settings(broker, postgres_url, worker_id="w-new")
+    audience = Audience()
+    connected = asyncio.Event()
+    listener = asyncio.get_running_loop().create_task(audience.listen("127.0.0.1", connected, port=broker))
+    try:
+        async with contextlib.AsyncExitStack() as stack, aiohttp.ClientSession() as http:
+            old = await stack.enter_async_context(running_worker(first))
+            gateway = await stack.enter_async_context(gateway_for(first))
+            await asyncio.wait_for(connected.wait(), 10)
+            body = " ".join(f"Sentence {n} goes on." for n in range(12))
+            news = {"session": "h-1", "title": "Handover", "body": body}
+            async with http.post(f"{gateway.url}/news", json=news, headers=token("h-1")) as response:
+                assert response.status == 201
+            async with running_worker(second) as new:
+                await until(lambda: "w-new" in gateway.workers, 10, "the new worker is online")
+                await asyncio.sleep(3.0)  # a few sentences on the old worker
+                await stack.aclose()  # the old worker drains and stops
+                assert "h-1" not in old.state.hosted
+                await until(lambda: "h-1" in new.state.hosted, 5, "the new worker takes the session over")
+                db = open_database(postgres_url)
+                await db.open()
+                holding = await SessionRegistry(db).lookup("h-1")
+                await db.aclose()
+                assert holding is not None and holding.holder == new.holder and holding.epoch == 2
+                await until(
+                    lambda: new.state.hosted["h-1"].desk.current is None, 40, "the item is read to its end"
+                )
+    finally:
+        await cancel_and_wait([listener], 5.0)
+    counts = audience.finished("h-1")
+    expected = ["Handover.", *(f"Sentence {n} goes on." for n in range(12))]
+    assert {text: counts[text] for text in expected} == dict.fromkeys(expected, 1), counts
+    assert {e["worker"] for e in audience.events if e["session"] == "h-1"} == {"w-old", "w-new"}
+
+
 @pytest.mark.timeout(300)
 async def test_sessions_come_back_elsewhere_after_a_kill_and_a_cut_link_with_no_news_lost_or_read_twice(
     tmp_path: Path,
@@ -346,3 +424,50 @@ async def test_the_page_follows_its_session_to_another_worker_after_a_sigkill(
                 await browser.close()
     assert status == "connected", status
     print(f"chromium hears the session again {back_after_s:.1f} s after its worker was killed")
+
+
+async def test_a_gateway_without_its_broker_is_not_ready_and_says_why(postgres_url: str) -> None:
+    settings = AppSettings.model_validate(
+        {
+            "mqtt": {"url": f"mqtt://127.0.0.1:{free_port()}"},
+            "news": {"database": postgres_url},
+            "webrtc": {"port": 0},
+        }
+    )
+    gateway = Gateway(settings)
+    await gateway.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{gateway.url}/readyz") as response:
+                assert response.status == 503
+                assert (await response.json())["broker"] is False
+            news = {"session": "nowhere", "title": "t", "body": "b."}
+            async with http.post(f"{gateway.url}/news", json=news) as response:
+                assert response.status == 503
+                assert response.headers["Retry-After"] == "2"
+                assert (await response.json())[
+                    "error"
+                ] == "the gateway is not connected to the cluster's broker"
+    finally:
+        await gateway.close()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["worker"], "anchor worker needs mqtt.url"),
+        (
+            ["gateway", "--mqtt", "mqtt://127.0.0.1:1", "--database", "postgresql://anchor@127.0.0.1:1/x"],
+            "cannot be reached",
+        ),
+    ],
+)
+def test_the_cluster_commands_refuse_a_missing_broker_or_database_clearly(
+    argv: list[str], message: str
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "anchor", *argv], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr

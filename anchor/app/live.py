@@ -194,6 +194,11 @@ async def serve(
         await ready(LiveAnchor(runtime, server, token, desk))
         await (stop or asyncio.Event()).wait()
         await drain(server, session, settings.webrtc.drain_grace_s)
+        try:  # the desk is off air: its last sentence's place is written before the process goes
+            async with asyncio.timeout(5.0):
+                await desk.parked()
+        except TimeoutError:
+            log.warning("drain: the news desk's last place was not recorded in time")
 
 
 def no_new_lines(control: SessionControl, desk: NewsDesk) -> None:

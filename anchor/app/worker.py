@@ -194,6 +194,11 @@ class Worker:
         hosted.control.draining = True
         hosted.desk.set_on_air(False)
         await drain(self.server, hosted.session, self.settings.webrtc.drain_grace_s)
+        try:
+            async with asyncio.timeout(2 * self.cluster.database_timeout_s):
+                await hosted.desk.parked()
+        except TimeoutError:
+            log.warning("worker %s: %s's last place was not recorded in time", self.id, session_id)
         await self._stop(session_id, "drained", release=True)
 
     def _failed(self, name: str, exc: BaseException) -> None:

@@ -246,8 +246,8 @@ class Audience:
 
     events: list[dict[str, Any]] = field(default_factory=list)
 
-    async def listen(self, broker_host: str, connected: asyncio.Event) -> None:
-        async with aiomqtt.Client(broker_host, 1883, protocol=aiomqtt.ProtocolVersion.V5) as client:
+    async def listen(self, broker_host: str, connected: asyncio.Event, *, port: int = 1883) -> None:
+        async with aiomqtt.Client(broker_host, port, protocol=aiomqtt.ProtocolVersion.V5) as client:
             await client.subscribe(f"{TOPIC}/sessions/+/events", qos=1)
             connected.set()
             async for message in client.messages:

@@ -64,6 +64,7 @@ class NewsDesk:
         self._ours = RecentIds(64)
         self._activity_until = 0.0
         self._wake = asyncio.Event()
+        self._turn = asyncio.Lock()  # held while a sentence is read and its place recorded
 
     # -- control (MQTT, HTTP) ------------------------------------------------------
     async def enqueue(self, item: NewsItem) -> tuple[str, bool]:
@@ -103,6 +104,13 @@ class NewsDesk:
         self.session.announce("news", "on air" if on_air else "off air")
         self._wake.set()
 
+    async def parked(self) -> None:
+        """Once off air: until the sentence being read (if any) has ended and its place is recorded. A
+        drain waits for this before the session stops or moves: a spoken sentence whose place were not
+        yet written would be read again on the next start."""
+        async with self._turn:
+            pass
+
     def status(self) -> dict[str, object]:
         item = self.current
         return {
@@ -121,11 +129,14 @@ class NewsDesk:
                 await self._wait_until_clear()
                 # Cleared before looking, so an item queued while we look still wakes the wait.
                 self.queue.changed.clear()
-                item = await self._durably(self.queue.next)
-                if item is None:
-                    await self.queue.changed.wait()
-                    continue
-                await self._read_one_sentence(item)
+                async with self._turn:
+                    if not self.on_air:
+                        continue
+                    item = await self._durably(self.queue.next)
+                    if item is not None:
+                        await self._read_one_sentence(item)
+                        continue
+                await self.queue.changed.wait()
         finally:
             events.close()
             watcher.cancel()
