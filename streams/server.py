@@ -573,9 +573,17 @@ class WebRtcServer:
             raise RequestError(
                 503, f"viewer limit reached ({self.settings.max_peers} peers)", retry_after_s=10
             )
-        if joining and (why := self.admission.refusal(len(self.peers), self.load(), self.drops())):
-            raise RequestError(503, f"{why}; the viewers already here keep their stream", retry_after_s=5)
         return source, claims
+
+    def _room_for(self, offer: SessionDescription) -> None:
+        """A viewer who takes video is an encode here: admitted only while the measured capacity allows
+        (``ViewerAdmission``). One who only listens costs a small fraction of that and is bounded by
+        ``max_peers`` alone."""
+        if "video" not in {m.kind for m in offer.media}:
+            return
+        watching = sum(peer.video for peer in self.peers.values())
+        if why := self.admission.refusal(watching, self.load(), self.drops()):
+            raise RequestError(503, f"{why}; the viewers already here keep their stream", retry_after_s=5)
 
     def _client(self, request: web.Request) -> str:
         """The client's address: a trusted proxy's (a cluster gateway's) ``X-Forwarded-For`` names it."""
@@ -621,7 +629,7 @@ class WebRtcServer:
         sdp, session = parse_offer_json(await self._read(request))
         session = session or self.default_session
         source, claims = self._admit(request, session, joining=True)
-        check_sdp(sdp)
+        self._room_for(check_sdp(sdp))
         peer = await self._connect(session, source, claims, sdp)
         assert peer.pc.localDescription is not None
         return web.json_response({"sdp": peer.pc.localDescription.sdp, "type": "answer", "peer": peer.id})
@@ -701,7 +709,7 @@ class WebRtcServer:
             raise RequestError(400, "SDP offer is not UTF-8") from None
         session = request.match_info["session"]
         source, claims = self._admit(request, session, joining=True)
-        check_sdp(sdp)
+        self._room_for(check_sdp(sdp))
         peer = await self._connect(session, source, claims, sdp)
         assert peer.pc.localDescription is not None
         return web.Response(
@@ -813,7 +821,6 @@ class WebRtcServer:
         )
         peer = Peer(secrets.token_urlsafe(12), session, pc, feed, claims)
         self.peers[peer.id] = peer
-        self.admission.admitted()
         try:
             await self._wire(peer, source)
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
@@ -823,6 +830,7 @@ class WebRtcServer:
             if "video" in kinds:
                 pc.addTrack(ProgramVideoTrack(feed))
                 peer.video = True
+                self.admission.admitted()
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception as exc:  # noqa: BLE001 - aiortc raises many kinds on an offer it cannot answer
             await self.close_peer(peer.id)

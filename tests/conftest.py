@@ -77,6 +77,23 @@ def postgres_url() -> Iterator[str]:
         yield url
 
 
+async def _empty(url: str) -> None:
+    db = open_database(url)
+    await db.open()
+    for table in ("news_items", "news_files", "anchor_sessions"):
+        await db.execute(f"DELETE FROM {table}")
+    await db.aclose()
+
+
+@pytest.fixture
+async def clean_postgres(postgres_url: str) -> AsyncIterator[str]:
+    """The test server's PostgreSQL with no news and no sessions (a session another test left wanted
+    would be restarted by this test's workers)."""
+    await _empty(postgres_url)
+    yield postgres_url
+    await _empty(postgres_url)
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 async def news_database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Path | str]:
     """The news database, on each backend: a fresh SQLite file, or the test server's PostgreSQL emptied
@@ -85,9 +102,6 @@ async def news_database(request: pytest.FixtureRequest, tmp_path: Path) -> Async
         yield tmp_path / "news.db"
         return
     url: str = request.getfixturevalue("postgres_url")
+    await _empty(url)
     yield url
-    db = open_database(url)
-    await db.open()
-    for table in ("news_items", "news_files", "anchor_sessions"):
-        await db.execute(f"DELETE FROM {table}")
-    await db.aclose()
+    await _empty(url)

@@ -127,9 +127,9 @@ async def gateway_for(settings: AppSettings) -> AsyncIterator[Gateway]:
 
 
 async def test_a_session_starts_through_the_gateway_and_refusals_are_precise(
-    broker: int, postgres_url: str
+    broker: int, clean_postgres: str
 ) -> None:
-    settings = cluster_settings(broker, postgres_url)
+    settings = cluster_settings(broker, clean_postgres)
     async with (
         running_worker(settings) as worker,
         gateway_for(settings) as gateway,
@@ -144,7 +144,7 @@ async def test_a_session_starts_through_the_gateway_and_refusals_are_precise(
             assert response.status == 403, await response.text()
         async with http.post(f"{gateway.url}/news", data=b"{not json", headers=token("desk-1")) as response:
             assert response.status == 400
-        db = open_database(postgres_url)
+        db = open_database(clean_postgres)
         await db.open()
         try:
             assert await SessionRegistry(db).lookup("desk-1") is None, "a refused request started nothing"
@@ -173,9 +173,9 @@ async def test_a_session_starts_through_the_gateway_and_refusals_are_precise(
 
 
 async def test_a_worker_announces_itself_retained_and_its_last_will_says_offline(
-    broker: int, postgres_url: str
+    broker: int, clean_postgres: str
 ) -> None:
-    settings = cluster_settings(broker, postgres_url, worker_id="w-status")
+    settings = cluster_settings(broker, clean_postgres, worker_id="w-status")
     topic = "anchor/cluster/workers/w-status/status"
 
     async def retained() -> dict[str, Any]:
@@ -197,9 +197,9 @@ async def test_a_worker_announces_itself_retained_and_its_last_will_says_offline
 
 
 async def test_a_malformed_start_request_is_ignored_and_the_worker_keeps_serving(
-    broker: int, postgres_url: str
+    broker: int, clean_postgres: str
 ) -> None:
-    settings = cluster_settings(broker, postgres_url, worker_id="w-bad")
+    settings = cluster_settings(broker, clean_postgres, worker_id="w-bad")
     async with (
         running_worker(settings) as worker,
         gateway_for(settings) as gateway,
@@ -228,10 +228,12 @@ async def until(predicate: Any, timeout_s: float, what: str) -> None:
     raise AssertionError(f"not within {timeout_s:g} s: {what}")
 
 
-async def test_a_worker_stops_a_session_that_moved_to_another_worker(broker: int, postgres_url: str) -> None:
+async def test_a_worker_stops_a_session_that_moved_to_another_worker(
+    broker: int, clean_postgres: str
+) -> None:
     """Fencing from the worker's side: once the registry gives its session a newer epoch (another worker
     took it), its next renewal fails and it stops the session here; its reading position stays put."""
-    settings = cluster_settings(broker, postgres_url, worker_id="w-moved", capacity=2)
+    settings = cluster_settings(broker, clean_postgres, worker_id="w-moved", capacity=2)
     async with (
         running_worker(settings) as worker,
         gateway_for(settings) as gateway,
@@ -241,7 +243,7 @@ async def test_a_worker_stops_a_session_that_moved_to_another_worker(broker: int
         news = {"session": "m-1", "title": "Moving", "body": body}
         async with http.post(f"{gateway.url}/news", json=news, headers=token("m-1")) as response:
             assert response.status == 201
-        db = open_database(postgres_url)
+        db = open_database(clean_postgres)
         await db.open()
         try:
             await until(lambda: worker.state.hosted["m-1"].desk.current is not None, 10, "reading begins")
@@ -258,12 +260,12 @@ async def test_a_worker_stops_a_session_that_moved_to_another_worker(broker: int
 
 
 async def test_a_draining_worker_hands_its_session_over_and_the_news_goes_on(
-    broker: int, postgres_url: str
+    broker: int, clean_postgres: str
 ) -> None:
     """SIGTERM's drain (here: the worker's stop event) finishes the line, releases the session, and another
     worker starts it at once: every sentence is read once, across the two."""
-    first = cluster_settings(broker, postgres_url, worker_id="w-old")
-    second = cluster_settings(broker, postgres_url, worker_id="w-new")
+    first = cluster_settings(broker, clean_postgres, worker_id="w-old")
+    second = cluster_settings(broker, clean_postgres, worker_id="w-new")
     audience = Audience()
     connected = asyncio.Event()
     listener = asyncio.get_running_loop().create_task(audience.listen("127.0.0.1", connected, port=broker))
@@ -282,7 +284,7 @@ async def test_a_draining_worker_hands_its_session_over_and_the_news_goes_on(
                 await stack.aclose()  # the old worker drains and stops
                 assert "h-1" not in old.state.hosted
                 await until(lambda: "h-1" in new.state.hosted, 5, "the new worker takes the session over")
-                db = open_database(postgres_url)
+                db = open_database(clean_postgres)
                 await db.open()
                 holding = await SessionRegistry(db).lookup("h-1")
                 await db.aclose()
@@ -372,7 +374,7 @@ def worker_processes(
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (CI installs it)")
 @pytest.mark.timeout(180)
 async def test_the_page_follows_its_session_to_another_worker_after_a_sigkill(
-    broker: int, postgres_url: str, tmp_path: Path
+    broker: int, clean_postgres: str, tmp_path: Path
 ) -> None:
     """Chromium watches a session through the gateway; its worker is killed; the page joins again by itself
     and hears the news go on from the worker that took the session over."""
@@ -380,11 +382,11 @@ async def test_the_page_follows_its_session_to_another_worker_after_a_sigkill(
     settings = AppSettings.model_validate(
         {
             "mqtt": {"url": f"mqtt://127.0.0.1:{broker}"},
-            "news": {"database": postgres_url},
+            "news": {"database": clean_postgres},
             "webrtc": {"port": 0},
         }
     )
-    with worker_processes(broker, postgres_url, 2, tmp_path) as workers:
+    with worker_processes(broker, clean_postgres, 2, tmp_path) as workers:
         async with (
             gateway_for(settings) as gateway,
             aiohttp.ClientSession() as http,
@@ -406,7 +408,7 @@ async def test_the_page_follows_its_session_to_another_worker_after_a_sigkill(
                 await page.goto(f"{gateway.url}/?autostart&session=live-1")
                 await hears_speech(page, 30)
                 await page.evaluate("window.firstPeer = window.anchorPeer")
-                db = open_database(postgres_url)
+                db = open_database(clean_postgres)
                 await db.open()
                 holding = await SessionRegistry(db).lookup("live-1")
                 await db.aclose()
@@ -426,11 +428,11 @@ async def test_the_page_follows_its_session_to_another_worker_after_a_sigkill(
     print(f"chromium hears the session again {back_after_s:.1f} s after its worker was killed")
 
 
-async def test_a_gateway_without_its_broker_is_not_ready_and_says_why(postgres_url: str) -> None:
+async def test_a_gateway_without_its_broker_is_not_ready_and_says_why(clean_postgres: str) -> None:
     settings = AppSettings.model_validate(
         {
             "mqtt": {"url": f"mqtt://127.0.0.1:{free_port()}"},
-            "news": {"database": postgres_url},
+            "news": {"database": clean_postgres},
             "webrtc": {"port": 0},
         }
     )

@@ -287,6 +287,17 @@ async def test_new_viewers_are_refused_at_capacity_and_the_first_keeps_its_strea
                 assert r.status == 503 and r.headers["Retry-After"] == "5"
                 assert why in (await r.json())["error"]
             assert len(edge.server.peers) == 1
+            # A listener (audio only) is no encode here: only max_peers bounds it.
+            listener = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+            listener.addTransceiver("audio", direction="recvonly")
+            await listener.setLocalDescription(await listener.createOffer())
+            assert listener.localDescription is not None
+            body = {"sdp": listener.localDescription.sdp, "type": "offer"}
+            async with aiohttp.ClientSession() as http, http.post(f"{edge.url}/offer", json=body) as r:
+                assert r.status == 200, await r.text()
+                await edge.server.close_peer((await r.json())["peer"])
+            await close_pc(listener)
+            assert len(edge.server.peers) == 1
             seen = len(first.video)
             await until(lambda: len(first.video) >= seen + 25)  # a second more: its stream goes on
             load[0] = calm

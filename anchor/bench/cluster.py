@@ -184,7 +184,7 @@ class Viewer:
     http: aiohttp.ClientSession
     rig: Rig
     session: str
-    speech: list[float] = field(default_factory=list)  # monotonic times of audio frames with speech
+    speech: list[tuple[int, float]] = field(default_factory=list)  # (join, monotonic time) of speech frames
     joins: int = 0
     _task: asyncio.Task[None] | None = None
 
@@ -195,8 +195,10 @@ class Viewer:
         if self._task is not None:
             await cancel_and_wait([self._task], 5.0)
 
-    def speech_after(self, t: float) -> float | None:
-        later = [s for s in self.speech if s > t]
+    def speech_after(self, t: float, *, join_after: int) -> float | None:
+        """The first speech heard after ``t`` on a connection made after the ``join_after``-th (frames of an
+        older connection still come out of its jitter buffer for a moment after its sender died)."""
+        later = [at for join, at in self.speech if at > t and join > join_after]
         return later[0] if later else None
 
     async def _run(self) -> None:
@@ -209,7 +211,7 @@ class Viewer:
                         frame = await track.recv()
                     samples = frame.to_ndarray().astype(np.float32) / 32768.0
                     if float(np.sqrt(np.mean(samples**2))) > SPEECH_RMS:
-                        self.speech.append(time.monotonic())
+                        self.speech.append((self.joins, time.monotonic()))
             except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
                 log.info("viewer %s: program lost (%r); joining again", self.session, exc)
             except Exception as exc:  # noqa: BLE001 - aiortc's track ends with MediaStreamError and others
@@ -225,6 +227,7 @@ class Viewer:
         await pc.setLocalDescription(await pc.createOffer())
         body = {"type": "offer", "sdp": pc.localDescription.sdp, "session": self.session}
         headers = {"Authorization": f"Bearer {self.rig.token(self.session)}"}
+        refusals: set[int] = set()
         while True:
             async with self.http.post(
                 f"{self.rig.gateway_url}/offer", json=body, headers=headers
@@ -232,6 +235,9 @@ class Viewer:
                 answer = await response.json()
                 if response.status == 200:
                     break
+            if response.status not in refusals:  # each kind of refusal once in the log
+                refusals.add(response.status)
+                log.info("viewer %s: %d %s; asking again", self.session, response.status, answer.get("error"))
             await asyncio.sleep(0.25)  # 503 while the session moves: ask again
         await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
         self.joins += 1
@@ -436,10 +442,12 @@ async def measure_cluster(
 
 
 async def _speech_again(viewer: Viewer, since: float, timeout_s: float) -> float | None:
+    """When ``viewer`` hears speech on a connection it made after ``since`` (its join then lost)."""
+    joined_before = viewer.joins
     deadline = since + timeout_s
     while time.monotonic() < deadline:
-        found = viewer.speech_after(since + 0.05)
-        if found is not None and viewer.joins > 1:
+        found = viewer.speech_after(since, join_after=joined_before)
+        if found is not None:
             return found
         await asyncio.sleep(0.05)
     return None
