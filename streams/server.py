@@ -21,9 +21,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any, Protocol, TypeVar
-from urllib.parse import urlsplit
 
 from aiohttp import web
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
@@ -47,6 +45,7 @@ from streams.admission import MachineLoad, RecentRate, ViewerAdmission
 from streams.aiortc_compat import allow_loopback_candidates, tasks_of
 from streams.auth import AuthError, Claims, Grant, TokenAuthority
 from streams.fanout import FanoutUnavailable, JanusPublisher
+from streams.http_edge import RequestError, cors, errors, open_to, preflight, read_body, viewer_page
 from streams.janus import JanusError
 from streams.observability import ServerCollector
 from streams.settings import WebRtcSettings, is_loopback
@@ -119,16 +118,6 @@ class Newsroom(Protocol):
         ...
 
     async def listing(self) -> dict[str, Any]: ...
-
-
-class RequestError(ValueError):
-    def __init__(
-        self, status: int, message: str, *, retry_after_s: int | None = None, close: bool = False
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.retry_after_s = retry_after_s
-        self.close = close  # the rest of the stream is unread: answer, then close the connection
 
 
 @dataclass
@@ -275,33 +264,33 @@ class WebRtcServer:
         if registry is not None:  # after the state it reads: registering collects once
             registry.register(ServerCollector(self))
         self.app = web.Application(
-            client_max_size=settings.max_body_bytes, middlewares=[self._cors, self._errors]
+            client_max_size=settings.max_body_bytes, middlewares=[cors(settings), errors(settings)]
         )
         self.app.add_routes(
             [
-                web.get("/", self._page),
+                web.get("/", viewer_page),
                 web.get("/config", self._config),
                 web.get("/healthz", self._health),
                 web.get("/readyz", self._ready),
                 web.get("/metrics", self._metrics),
                 web.post("/drain", self._drain),
                 web.post("/offer", self._offer),
-                web.options("/offer", self._preflight),
+                web.options("/offer", preflight),
                 web.post("/whep/{session}", self._whep),
-                web.options("/whep/{session}", self._preflight),
+                web.options("/whep/{session}", preflight),
                 web.delete("/whep/{session}/{peer}", self._whep_delete),
                 web.post("/fanout/{session}", self._fanout_subscribe),
                 web.post("/fanout/{session}/{viewer}", self._fanout_answer),
                 web.delete("/fanout/{session}/{viewer}", self._fanout_leave),
                 web.post("/say", self._say),
-                web.options("/say", self._preflight),
+                web.options("/say", preflight),
                 web.post("/interrupt", self._interrupt),
-                web.options("/interrupt", self._preflight),
+                web.options("/interrupt", preflight),
                 web.post("/ask", self._ask),
-                web.options("/ask", self._preflight),
+                web.options("/ask", preflight),
                 web.get("/news", self._news),
                 web.post("/news", self._news_submit),
-                web.options("/news", self._preflight),
+                web.options("/news", preflight),
             ]
         )
 
@@ -416,93 +405,13 @@ class WebRtcServer:
             await self._runner.cleanup()
             self._runner = None
 
-    # -- middleware ----------------------------------------------------------------
-    def _open_to(self, request: web.Request) -> bool:
-        """Open (token-free) access for this request: a loopback dev server, asked for by a page that is
-        itself on a loopback name (or one the operator listed). A page on any other name that resolves
-        to 127.0.0.1 (DNS rebinding) gets no open access: it would need a token."""
-        if not self.settings.open_access:
-            return False
-        names = [request.host]
-        if (origin := request.headers.get("Origin")) is not None:
-            names.append(urlsplit(origin).netloc)
-        return all(self._local_name(name) for name in names)
-
-    def _local_name(self, netloc: str) -> bool:
-        host = urlsplit(f"//{netloc}").hostname or ""
-        return is_loopback(host) or host in self.settings.open_hosts
-
-    def _origin_allowed(self, request: web.Request) -> bool:
-        origin = request.headers.get("Origin")
-        if origin is None:
-            return True
-        own = f"{request.scheme}://{request.host}"
-        return origin == own or origin in self.settings.cors_origins
-
-    @web.middleware
-    async def _cors(
-        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
-        if not self._origin_allowed(request):
-            return web.json_response(
-                {"error": f"origin {request.headers['Origin']!r} is not allowed"}, status=403
-            )
-        response = await handler(request)
-        origin = request.headers.get("Origin")
-        if origin is not None:
-            response.headers["Access-Control-Allow-Origin"] = origin
-            response.headers["Vary"] = "Origin"
-            response.headers["Access-Control-Expose-Headers"] = "Location"
-        return response
-
-    @web.middleware
-    async def _errors(
-        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except RequestError as exc:
-            headers = None if exc.retry_after_s is None else {"Retry-After": str(exc.retry_after_s)}
-            response = web.json_response({"error": str(exc)}, status=exc.status, headers=headers)
-            if exc.close:  # aiohttp would otherwise linger to read the rest of the body
-                await response.prepare(request)
-                await response.write_eof()
-                if request.transport is not None:
-                    request.transport.close()
-            return response
-        except AuthError as exc:
-            headers = {"WWW-Authenticate": 'Bearer realm="anchor"'} if exc.status == 401 else None
-            return web.json_response({"error": str(exc)}, status=exc.status, headers=headers)
-        except web.HTTPRequestEntityTooLarge:
-            limit = self.settings.max_body_bytes
-            return web.json_response({"error": f"request body exceeds {limit} bytes"}, status=413)
-        except web.HTTPException:
-            raise
-        except Exception:
-            log.exception("%s %s failed", request.method, request.path)
-            return web.json_response({"error": "internal error"}, status=500)
-
-    async def _preflight(self, request: web.Request) -> web.StreamResponse:
-        return web.Response(
-            status=204,
-            headers={
-                "Access-Control-Allow-Methods": "POST, DELETE, OPTIONS",
-                "Access-Control-Allow-Headers": "Authorization, Content-Type",
-                "Access-Control-Max-Age": "600",
-            },
-        )
-
     # -- pages -------------------------------------------------------------------------
-    async def _page(self, request: web.Request) -> web.StreamResponse:
-        html = resources.files("streams").joinpath("viewer/index.html").read_text(encoding="utf-8")
-        return web.Response(text=html, content_type="text/html")
-
     async def _config(self, request: web.Request) -> web.StreamResponse:
         return web.json_response(
             {
                 "iceServers": [s.public() for s in self.settings.ice_servers],
                 "session": self.default_session,
-                "open": self._open_to(request),
+                "open": open_to(self.settings, request),
                 "fanout": sorted(self.fanouts),
             }
         )
@@ -601,7 +510,9 @@ class WebRtcServer:
         return any(ip in network for network in self.settings.trusted_proxies)
 
     def _claims(self, request: web.Request, session: str, need: Grant) -> Claims:
-        if self._open_to(request):  # loopback dev server, local page: tokens are not needed, so not checked
+        if open_to(
+            self.settings, request
+        ):  # loopback dev server, local page: tokens are not needed, so not checked
             return Claims("anonymous", session, OPEN_GRANTS, float("inf"))
         if self.tokens is not None:
             return self.tokens.verify(request.headers.get("Authorization"), session=session, need=need)
@@ -612,21 +523,8 @@ class WebRtcServer:
             )
         raise AuthError("this server takes no offers: it has no token secret and is not loopback-only")
 
-    async def _read(self, request: web.Request) -> bytes:
-        """The body of a POST, after the shutdown and size checks."""
-        if self.draining:
-            raise RequestError(503, "the server is shutting down", retry_after_s=5)
-        if request.content_length is not None and request.content_length > self.settings.max_body_bytes:
-            raise RequestError(413, f"request body exceeds {self.settings.max_body_bytes} bytes")
-        try:
-            async with asyncio.timeout(self.settings.body_timeout_s):
-                return await request.read()
-        except TimeoutError:
-            limit = self.settings.body_timeout_s
-            raise RequestError(408, f"request body not received within {limit:g} s", close=True) from None
-
     async def _offer(self, request: web.Request) -> web.StreamResponse:
-        sdp, session = parse_offer_json(await self._read(request))
+        sdp, session = parse_offer_json(await read_body(request, self.settings, draining=self.draining))
         session = session or self.default_session
         source, claims = self._admit(request, session, joining=True)
         self._room_for(check_sdp(sdp))
@@ -636,7 +534,7 @@ class WebRtcServer:
 
     async def _command(self, request: web.Request, schema: type[C]) -> tuple[str, C]:
         """The session (``session`` field, or the default) and the command of a JSON body, or a 400."""
-        raw = await self._read(request)
+        raw = await read_body(request, self.settings, draining=self.draining)
         try:
             fields = decode_object(raw) if raw.strip() else {}
             session = fields.pop("session", None) or self.default_session
@@ -702,7 +600,7 @@ class WebRtcServer:
     async def _whep(self, request: web.Request) -> web.StreamResponse:
         if request.content_type != "application/sdp":
             raise RequestError(415, f"WHEP offers are application/sdp, got {request.content_type!r}")
-        raw = await self._read(request)
+        raw = await read_body(request, self.settings, draining=self.draining)
         try:
             sdp = raw.decode("utf-8")
         except UnicodeDecodeError:
@@ -762,7 +660,7 @@ class WebRtcServer:
         return viewer, publisher
 
     async def _fanout_answer(self, request: web.Request) -> web.StreamResponse:
-        raw = await self._read(request)
+        raw = await read_body(request, self.settings, draining=self.draining)
         viewer, publisher = self._fanout_viewer(request)
         sdp, _ = parse_offer_json(raw, "answer")
         check_sdp(sdp, "answer")

@@ -38,6 +38,7 @@ from anchor.news.database import open_database
 from anchor.news.registry import SessionRegistry
 from anchor.testing.postgres import postgres_bin
 from streams.auth import TokenAuthority
+from streams.server import WebRtcServer
 from tests.helpers import free_port, port_opens
 
 SECRET = "cluster-test-secret-" + "x" * 32
@@ -473,3 +474,16 @@ def test_the_cluster_commands_refuse_a_missing_broker_or_database_clearly(
     assert done.returncode == 2, done.stderr
     assert message in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_the_gateway_serves_every_route_of_the_anchor_it_relays_to() -> None:
+    """The page and API through a gateway are the anchor's: a route added to one and not the other fails
+    here (fan-out and drain are a worker's own: Janus per worker, preStop on its pod)."""
+    settings = AppSettings.model_validate({"mqtt": {"url": "mqtt://127.0.0.1:1883"}})
+    served = {
+        (r.method, r.resource.canonical)
+        for r in WebRtcServer(settings.webrtc, {}, default_session="main").app.router.routes()
+    }
+    relayed = {(r.method, r.resource.canonical) for r in Gateway(settings).app.router.routes()}
+    own = {route for route in served if route[1].startswith(("/fanout", "/drain"))}
+    assert served - own == relayed

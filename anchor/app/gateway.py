@@ -25,9 +25,7 @@ import secrets
 import signal
 import time
 from collections.abc import Awaitable, Callable
-from importlib import resources
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 import aiomqtt
@@ -48,8 +46,8 @@ from anchor.news.database import DatabaseError, open_database
 from anchor.news.registry import SessionRegistry
 from streams.auth import AuthError, Claims, Grant, TokenAuthority
 from streams.cluster_bus import Bus, Requests, StartReply, StartRequest, Topics, WorkerStatus, decode, encode
-from streams.server import OPEN_GRANTS, RateLimiter, RequestError
-from streams.settings import is_loopback
+from streams.http_edge import RequestError, cors, errors, open_to, preflight, read_body, viewer_page
+from streams.server import OPEN_GRANTS, RateLimiter
 from streams.slow_clients import with_header_deadline
 
 log = logging.getLogger(__name__)
@@ -119,10 +117,12 @@ class Gateway:
         self._http: aiohttp.ClientSession | None = None
         self._listener: asyncio.Server | None = None
         self._runner: web.AppRunner | None = None
-        self.app = web.Application(client_max_size=self.web.max_body_bytes, middlewares=[self._errors])
+        self.app = web.Application(
+            client_max_size=self.web.max_body_bytes, middlewares=[cors(self.web), errors(self.web)]
+        )
         self.app.add_routes(
             [
-                web.get("/", self._page),
+                web.get("/", viewer_page),
                 web.get("/config", self._config),
                 web.get("/healthz", self._health),
                 web.get("/readyz", self._ready),
@@ -135,11 +135,8 @@ class Gateway:
                 web.post("/ask", self._relay_json("ask")),
                 web.get("/news", self._news),
                 web.post("/news", self._relay_json("news-submit")),
-                *(
-                    web.options(path, self._preflight)
-                    for path in ("/offer", "/say", "/interrupt", "/ask", "/news")
-                ),
-                web.options("/whep/{session}", self._preflight),
+                *(web.options(path, preflight) for path in ("/offer", "/say", "/interrupt", "/ask", "/news")),
+                web.options("/whep/{session}", preflight),
             ]
         )
 
@@ -268,6 +265,9 @@ class Gateway:
 
         return handle
 
+    async def _read(self, request: web.Request) -> bytes:
+        return await read_body(request, self.web, draining=self.draining)
+
     async def _whep(self, request: web.Request) -> web.StreamResponse:
         return await self._relay(request, "whep", request.match_info["session"], await self._read(request))
 
@@ -321,94 +321,19 @@ class Gateway:
 
     # -- access --------------------------------------------------------------------------
     def _claims(self, request: web.Request, session: str, need: Grant) -> Claims:
-        if self.web.open_access and all(self._local(n) for n in self._names(request)):
+        if open_to(self.web, request):
             return Claims("anonymous", session, OPEN_GRANTS, float("inf"))
         if self.tokens is None:
             raise AuthError("this gateway takes no requests: it has no token secret and is not loopback-only")
         return self.tokens.verify(request.headers.get("Authorization"), session=session, need=need)
 
-    @staticmethod
-    def _names(request: web.Request) -> list[str]:
-        names = [request.host]
-        if (origin := request.headers.get("Origin")) is not None:
-            names.append(origin.split("://", 1)[-1])
-        return names
-
-    def _local(self, netloc: str) -> bool:
-        host = urlsplit(f"//{netloc}").hostname or ""
-        return is_loopback(host) or host in self.web.open_hosts
-
-    async def _read(self, request: web.Request) -> bytes:
-        if self.draining:
-            raise RequestError(503, "the gateway is shutting down", retry_after_s=2)
-        if request.content_length is not None and request.content_length > self.web.max_body_bytes:
-            raise RequestError(413, f"request body exceeds {self.web.max_body_bytes} bytes")
-        try:
-            async with asyncio.timeout(self.web.body_timeout_s):
-                return await request.read()
-        except TimeoutError:
-            raise RequestError(
-                408, f"request body not received within {self.web.body_timeout_s:g} s", close=True
-            ) from None
-
-    @web.middleware
-    async def _errors(
-        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
-        origin = request.headers.get("Origin")
-        if (
-            origin is not None
-            and origin != f"{request.scheme}://{request.host}"
-            and origin not in self.web.cors_origins
-        ):
-            return web.json_response({"error": f"origin {origin!r} is not allowed"}, status=403)
-        try:
-            response = await handler(request)
-        except RequestError as exc:
-            headers = None if exc.retry_after_s is None else {"Retry-After": str(exc.retry_after_s)}
-            response = web.json_response({"error": str(exc)}, status=exc.status, headers=headers)
-            if exc.close and request.transport is not None:
-                response.force_close()
-        except AuthError as exc:
-            headers = {"WWW-Authenticate": 'Bearer realm="anchor"'} if exc.status == 401 else None
-            response = web.json_response({"error": str(exc)}, status=exc.status, headers=headers)
-        except web.HTTPRequestEntityTooLarge:
-            response = web.json_response(
-                {"error": f"request body exceeds {self.web.max_body_bytes} bytes"}, status=413
-            )
-        except web.HTTPException:
-            raise
-        except Exception:
-            log.exception("%s %s failed", request.method, request.path)
-            response = web.json_response({"error": "internal error"}, status=500)
-        if origin is not None:
-            response.headers["Access-Control-Allow-Origin"] = origin
-            response.headers["Vary"] = "Origin"
-            response.headers["Access-Control-Expose-Headers"] = "Location"
-        return response
-
-    async def _preflight(self, request: web.Request) -> web.StreamResponse:
-        return web.Response(
-            status=204,
-            headers={
-                "Access-Control-Allow-Methods": "POST, DELETE, OPTIONS",
-                "Access-Control-Allow-Headers": "Authorization, Content-Type",
-                "Access-Control-Max-Age": "600",
-            },
-        )
-
     # -- pages and state -----------------------------------------------------------------
-    async def _page(self, request: web.Request) -> web.StreamResponse:
-        html = resources.files("streams").joinpath("viewer/index.html").read_text(encoding="utf-8")
-        return web.Response(text=html, content_type="text/html")
-
     async def _config(self, request: web.Request) -> web.StreamResponse:
-        open_here = self.web.open_access and all(self._local(n) for n in self._names(request))
         return web.json_response(
             {
                 "iceServers": [s.public() for s in self.web.ice_servers],
                 "session": self.default_session,
-                "open": open_here,
+                "open": open_to(self.web, request),
                 "fanout": [],
             }
         )
