@@ -33,6 +33,7 @@ import contextlib
 import json
 import logging
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -116,7 +117,8 @@ def cluster_rig(workers: int = 3, capacity: int = 3, logs: Path | None = None) -
         database = stack.enter_context(running_postgres(hub.address, 5432, prefix=hub.prefix))
         conf = folder / "mosquitto.conf"
         conf.write_text(f"listener 1883 {hub.address}\nallow_anonymous true\n")
-        hub.start(["mosquitto", "-c", str(conf)], log=folder / "mosquitto.log")
+        mosquitto = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin") or "mosquitto"
+        hub.start([mosquitto, "-c", str(conf)], log=folder / "mosquitto.log")
         _wait_for_port(hub.address, 1883, 10)
         secret = secrets.token_hex(32)
         env = {
