@@ -18,6 +18,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from playwright.async_api import async_playwright
 
 from anchor.app.gateway import Gateway
 from anchor.app.settings import AppSettings
-from anchor.app.worker import Worker
+from anchor.app.worker import Programme, Worker
 from anchor.bench.cluster import Audience, cluster_rig, measure_cluster
 from anchor.bench.cluster_worker import fake_programme
 from anchor.bench.netns import netns_available
@@ -93,7 +94,12 @@ def token(session: str, grants: set[str] | None = None) -> dict[str, str]:
 
 @contextlib.asynccontextmanager
 async def running_worker(settings: AppSettings) -> AsyncIterator[Worker]:
-    worker = Worker(settings, fake_programme(256))
+    async with running_given(Worker(settings, fake_programme(256))) as worker:
+        yield worker
+
+
+@contextlib.asynccontextmanager
+async def running_given(worker: Worker) -> AsyncIterator[Worker]:
     stop = asyncio.Event()
     started = asyncio.Event()
     task = asyncio.get_running_loop().create_task(worker.run(lambda _: started.set(), stop))
@@ -258,6 +264,31 @@ async def test_a_worker_stops_a_session_that_moved_to_another_worker(
             assert await db.fetchone("SELECT sentence FROM news_items WHERE session = 'm-1'") == position
         finally:
             await db.aclose()
+
+
+async def test_a_session_slower_to_open_than_its_lease_keeps_it(broker: int, clean_postgres: str) -> None:
+    """Real models take seconds to load (TensorRT builds, minutes): the lease is renewed from the claim on,
+    so the watchdog does not take a session for lost while it opens. (It did: a real worker stopped
+    every session it started, its lease stale from the claim.)"""
+    settings = cluster_settings(broker, clean_postgres, worker_id="w-slow", lease_s=1.0, renew_s=0.25)
+    fake = fake_programme(256)
+
+    def slow() -> Programme:
+        time.sleep(2.5)  # in the worker's thread, as a model load would be
+        return fake()
+
+    worker = Worker(settings, slow)
+    async with running_given(worker), gateway_for(settings) as gateway, aiohttp.ClientSession() as http:
+        news = {"session": "slow-1", "title": "Slow", "body": "It opens slowly. Then it reads."}
+        async with http.post(f"{gateway.url}/news", json=news, headers=token("slow-1")) as response:
+            assert response.status == 201, await response.text()
+        await asyncio.sleep(2.0)  # two leases on
+        assert "slow-1" in worker.state.hosted and not worker.state.hosted["slow-1"].lease.lost
+        db = open_database(clean_postgres)
+        await db.open()
+        holding = await SessionRegistry(db).lookup("slow-1")
+        await db.aclose()
+        assert holding is not None and holding.live and holding.holder == worker.holder
 
 
 async def test_a_draining_worker_hands_its_session_over_and_the_news_goes_on(

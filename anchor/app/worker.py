@@ -92,11 +92,20 @@ def live_programme(settings: AppSettings) -> ProgrammeMaker:
 
 
 @dataclass
+class Lease:
+    """This worker's claim on a session, from the claim on (a real session takes seconds to open: its
+    lease is renewed meanwhile)."""
+
+    epoch: int
+    renewed: float  # monotonic time just before the last successful renewal was sent
+    lost: bool = False  # moved to another worker, or possibly ran out: the session must not run here
+
+
+@dataclass
 class Hosted:
     session: Session
     desk: NewsDesk
-    epoch: int
-    renewed: float  # monotonic time just before the last successful renewal was sent
+    lease: Lease
     owner: TaskOwner
     control: SessionControl
     stopping: bool = False
@@ -106,6 +115,7 @@ class Hosted:
 class WorkerState:
     hosted: dict[str, Hosted] = field(default_factory=dict)
     starting: set[str] = field(default_factory=set)
+    leases: dict[str, Lease] = field(default_factory=dict)
     draining: bool = False
 
 
@@ -310,21 +320,31 @@ class Worker:
             if holding.live:
                 return StartReply(session=sid, ok=True, url=holding.url, worker=holding.holder.split("/")[0])
             return StartReply(session=sid, ok=False, error=f"session {sid!r} is being restarted; try again")
-        claimed = time.monotonic()
+        lease = Lease(holding.epoch, time.monotonic())
+        self.state.leases[sid] = lease
         try:
-            hosted = await self._host(sid, holding.epoch, claimed)
+            hosted = await self._host(sid, lease)
         except Exception as exc:
             log.exception("worker %s: session %s did not start", self.id, sid)
+            self._forget(sid, lease)
             with contextlib.suppress(DatabaseError):
                 await self.registry.release(sid, holding.epoch, wanted=True)
             return StartReply(
                 session=sid, ok=False, error=f"session {sid!r} did not start: {type(exc).__name__}"
             )
         self.state.hosted[sid] = hosted
+        if lease.lost:
+            await self._stop(sid, "its lease was lost while it started")
+            return StartReply(session=sid, ok=False, error=f"session {sid!r} is being restarted; try again")
         log.info("worker %s: session %s started (epoch %d)", self.id, sid, holding.epoch)
         return StartReply(session=sid, ok=True, url=self.url, worker=self.id)
 
-    async def _host(self, sid: str, epoch: int, claimed: float) -> Hosted:
+    def _forget(self, sid: str, lease: Lease) -> None:
+        if self.state.leases.get(sid) is lease:  # not a newer claim of the same session
+            del self.state.leases[sid]
+
+    async def _host(self, sid: str, lease: Lease) -> Hosted:
+        epoch = lease.epoch
         programme = await asyncio.to_thread(self.make)
         session = await self.runtime.open_session(
             programme.graph,
@@ -339,14 +359,15 @@ class Worker:
         def failed(name: str, exc: BaseException) -> None:
             session.announce("error", f"{name} failed: {type(exc).__name__}: {exc}")
             if isinstance(exc, Fenced):
-                self._tasks.spawn(self._stop(sid, str(exc)), f"fenced:{sid}")
+                lease.lost = True
+                self._stop_soon(sid, str(exc))
 
         owner = TaskOwner(f"session:{sid}", self.settings.graph.cancel_timeout_s, failed)
         owner.spawn(desk.run(), "news-desk")
         owner.spawn(self._forward_events(sid, session, epoch), "events")
         control = SessionControl(session, desk=desk, responder=programme.responder)
         self.server.add_session(sid, session, desk)
-        return Hosted(session, desk, epoch, claimed, owner, control)
+        return Hosted(session, desk, lease, owner, control)
 
     async def _forward_events(self, sid: str, session: Session, epoch: int) -> None:
         """The session's public events to ``{topic}/sessions/{sid}/events``, wherever it runs."""
@@ -379,26 +400,35 @@ class Worker:
         await hosted.owner.aclose()
         await self.runtime.close_session(sid)
         self.state.hosted.pop(sid, None)
+        self._forget(sid, hosted.lease)
         if release:
             with contextlib.suppress(DatabaseError):
-                await self.registry.release(sid, hosted.epoch, wanted=True)
+                await self.registry.release(sid, hosted.lease.epoch, wanted=True)
         await self._changed()
+
+    def _stop_soon(self, sid: str, why: str) -> None:
+        """Stop ``sid`` in a task of its own: closing a session takes a while, and the leases of the
+        others must go on being renewed meanwhile."""
+        self._tasks.spawn(self._stop(sid, why), f"stop:{sid}")
 
     # -- leases ------------------------------------------------------------------------
     async def _keep_leases(self) -> None:
         while True:
             await asyncio.sleep(self.cluster.renew_s)
-            for sid, hosted in list(self.state.hosted.items()):
+            for sid, lease in list(self.state.leases.items()):
+                if lease.lost:
+                    continue
                 sent = time.monotonic()
                 try:
-                    held = await self.registry.renew(sid, hosted.epoch, self.cluster.lease_s)
+                    held = await self.registry.renew(sid, lease.epoch, self.cluster.lease_s)
                 except DatabaseUnavailable as exc:
                     log.warning("worker %s: lease of %s not renewed: %s", self.id, sid, exc)
                     continue
                 if held:
-                    hosted.renewed = sent
+                    lease.renewed = sent
                 else:
-                    await self._stop(sid, "it moved to another worker")
+                    lease.lost = True
+                    self._stop_soon(sid, "it moved to another worker")
 
     async def _watchdog(self) -> None:
         """A session whose lease may have run out in the database stops here before another worker can
@@ -407,9 +437,10 @@ class Worker:
         while True:
             await asyncio.sleep(min(0.25, self.cluster.renew_s / 2))
             now = time.monotonic()
-            for sid, hosted in list(self.state.hosted.items()):
-                if now >= hosted.renewed + self.cluster.lease_s - margin:
-                    await self._stop(sid, "its lease ran out (the database is out of reach)")
+            for sid, lease in list(self.state.leases.items()):
+                if not lease.lost and now >= lease.renewed + self.cluster.lease_s - margin:
+                    lease.lost = True
+                    self._stop_soon(sid, "its lease ran out (the database is out of reach)")
 
     async def _bury(self, holder: str) -> None:
         """A worker's last will: its leases end now, and its sessions are restarted."""
