@@ -21,7 +21,9 @@ Reports:
   worker whose link was cut (nothing in or out; target <= 10 s); after the
   link is back, the worker must not run the session any more;
 - ``news``: every sentence of every item, spoken to its end as the audience
-  saw it: ``lost`` (never) and ``repeated`` (more than once), target 0;
+  saw it: ``lost`` (never) and ``repeated`` (more than once), target 0.
+  ``late_events``: events that arrived over 1 s after they happened (a
+  cut-off worker's, once its link was back; not counted as readings);
 - ``offer_ms``: ``POST /offer`` through the gateway and straight to the
   worker, in turns, and the relay's overhead (difference of the percentiles).
 """
@@ -39,7 +41,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +65,7 @@ from streams.server import close_pc
 log = logging.getLogger(__name__)
 
 PORT = 8080
+LATE_EVENT_S = 1.0  # an event this much older than its arrival was sent from behind a cut link
 SPEECH_RMS = 0.01  # FakeTTS's tones are ~0.2 RMS; the idle program is silence
 TOPIC = "anchor/cluster"
 
@@ -269,21 +271,29 @@ class Audience:
             async for message in client.messages:
                 data = json.loads(bytes(message.payload))
                 data["session"] = str(message.topic).split("/")[-2]
+                data["received"] = time.time()
                 self.events.append(data)
 
-    def finished(self, session: str) -> Counter[str]:
-        """How many times each news sentence of ``session`` was spoken to its end."""
-        texts: dict[tuple[str, str], str] = {}
-        done: Counter[str] = Counter()
+    def finished(self, session: str) -> dict[str, list[tuple[str, int]]]:
+        """Each news sentence of ``session`` spoken to its end, as a live audience could have heard it: by
+        which worker and epoch, each time. An utterance is one worker's, in one epoch (ids restart with
+        every session); an event delivered twice (MQTT's QoS 1 is at least once) is one reading; an event
+        that arrives late is from a worker cut off when it happened (its TCP segments delivered once the
+        link came back): no one heard that audio live, so it is no reading."""
+        texts: dict[tuple[str, int, str], str] = {}
+        done: dict[tuple[str, int, str], str] = {}
         for event in self.events:
-            if event["session"] != session:
+            if event["session"] != session or event["received"] - event["at"] > LATE_EVENT_S:
                 continue
-            key = (event["worker"], event["utterance"])
+            key = (event["worker"], event["epoch"], event["utterance"])
             if event["kind"] == "utterance_started" and event["origin"] == "news":
                 texts[key] = event["detail"]
             elif event["kind"] == "utterance_finished" and event["detail"] == "done" and key in texts:
-                done[texts[key]] += 1
-        return done
+                done[key] = texts[key]
+        readings: dict[str, list[tuple[str, int]]] = {}
+        for (worker, epoch, _), text in done.items():
+            readings.setdefault(text, []).append((worker, epoch))
+        return readings
 
     def speaking_again(self, session: str, since: float, lost: str) -> float | None:
         """Wall time of the first line ``session`` started on a worker other than ``lost`` after
@@ -456,14 +466,19 @@ async def measure_cluster(
         "direct": direct_ms,
         "relay_overhead": {q: round(gateway_ms[q] - direct_ms[q], 2) for q in ("p50", "p95")},
     }
-    lost, repeated, total = 0, 0, 0
+    lost: list[str] = []
+    repeated: dict[str, list[tuple[str, int]]] = {}
+    total = 0
     for name in names:
-        counts = audience.finished(name)
+        readings = audience.finished(name)
         expected = spoken_sentences(name, items, sentences)
         total += len(expected)
-        lost += sum(1 for text in expected if counts[text] == 0)
-        repeated += sum(1 for text in expected if counts[text] > 1)
-    result["news"] = {"sentences": total, "lost": lost, "repeated": repeated, "all_read": finished}
+        lost += [text for text in expected if text not in readings]
+        repeated |= {text: readings[text] for text in expected if len(readings.get(text, [])) > 1}
+    result["news"] = {"sentences": total, "lost": len(lost), "repeated": len(repeated), "all_read": finished}
+    if lost or repeated:  # which, and by whom: (worker, epoch) of each reading
+        result["news_detail"] = {"lost": lost, "repeated": repeated}
+    result["late_events"] = sum(1 for e in audience.events if e["received"] - e["at"] > LATE_EVENT_S)
     result["viewer_joins"] = {name: v.joins for name, v in viewers.items()}
     return result
 
