@@ -8,6 +8,7 @@ import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from anchor.core.config import AnchorSettings
 from anchor.core.frames import AudioChunk, VideoFrame
@@ -112,3 +113,13 @@ def port_opens(port: int, timeout_s: float = 10.0) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+async def until(condition: Any, timeout_s: float = 20.0, what: str = "") -> None:
+    """Poll ``condition`` (state kept by callbacks or another process) until true, or fail naming ``what``."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            while not condition():  # noqa: ASYNC110 - the state has no event to wait on
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        raise AssertionError(f"not within {timeout_s:g} s: {what or condition}") from None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Callable
+from typing import Any
 
 import aioice
 import aiortc
@@ -31,22 +33,30 @@ def test_every_private_part_is_where_we_reach_for_it() -> None:
     )
 
 
-async def test_loopback_peers_connect_and_the_receiver_clock_is_readable() -> None:
-    allow_loopback_candidates()
-    sender, receiver = RTCPeerConnection(), RTCPeerConnection()
-    sender.addTrack(AudioStreamTrack())
-    reports: list[tuple[float, int]] = []
-    got: asyncio.Queue[int] = asyncio.Queue()
+def read_every_track(
+    receiver: RTCPeerConnection, sink: Callable[[aiortc.MediaStreamTrack, Any], None]
+) -> list[asyncio.Task[None]]:
+    """Each track ``receiver`` gets is read to ``sink`` (frame by frame) by a task in the list returned."""
     readers: list[asyncio.Task[None]] = []
 
     @receiver.on("track")
     def _track(track: aiortc.MediaStreamTrack) -> None:
         async def read() -> None:
             while True:
-                frame = await track.recv()
-                got.put_nowait(int(frame.pts or 0))
+                sink(track, await track.recv())
 
-        readers.append(asyncio.get_running_loop().create_task(read(), name="compat:read"))
+        readers.append(asyncio.get_running_loop().create_task(read(), name=f"compat:{track.kind}"))
+
+    return readers
+
+
+async def test_loopback_peers_connect_and_the_receiver_clock_is_readable() -> None:
+    allow_loopback_candidates()
+    sender, receiver = RTCPeerConnection(), RTCPeerConnection()
+    sender.addTrack(AudioStreamTrack())
+    reports: list[tuple[float, int]] = []
+    got: asyncio.Queue[int] = asyncio.Queue()
+    readers = read_every_track(receiver, lambda _, frame: got.put_nowait(int(frame.pts or 0)))
 
     try:
         await sender.setLocalDescription(await sender.createOffer())
@@ -80,18 +90,12 @@ async def test_video_counted_not_decoded_keeps_every_frame_and_its_timestamp() -
         sender.addTrack(VideoStreamTrack())
         sender.addTrack(AudioStreamTrack())
         frames: dict[str, list[tuple[int, int]]] = {"video": [], "audio": []}
-        readers: list[asyncio.Task[None]] = []
-
-        @receiver.on("track")
-        def _track(track: aiortc.MediaStreamTrack) -> None:
-            async def read() -> None:
-                while True:
-                    frame = await track.recv()
-                    frames[track.kind].append(
-                        (int(frame.pts or 0), frame.width if track.kind == "video" else 0)
-                    )
-
-            readers.append(asyncio.get_running_loop().create_task(read(), name="compat:count"))
+        readers = read_every_track(
+            receiver,
+            lambda track, frame: frames[track.kind].append(
+                (int(frame.pts or 0), frame.width if track.kind == "video" else 0)
+            ),
+        )
 
         try:
             await sender.setLocalDescription(await sender.createOffer())

@@ -40,7 +40,7 @@ from anchor.news.registry import SessionRegistry
 from anchor.testing.postgres import postgres_bin
 from streams.auth import TokenAuthority
 from streams.server import WebRtcServer
-from tests.helpers import free_port, port_opens
+from tests.helpers import free_port, port_opens, until
 
 SECRET = "cluster-test-secret-" + "x" * 32
 MOSQUITTO = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin")
@@ -225,14 +225,6 @@ async def test_a_malformed_start_request_is_ignored_and_the_worker_keeps_serving
         news = {"session": "desk-3", "title": "After", "body": "Still here."}
         async with http.post(f"{gateway.url}/news", json=news, headers=token("desk-3")) as response:
             assert response.status == 201, await response.text()
-
-
-async def until(predicate: Any, timeout_s: float, what: str) -> None:
-    for _ in range(int(timeout_s / 0.05)):
-        if predicate():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"not within {timeout_s:g} s: {what}")
 
 
 async def test_a_worker_stops_a_session_that_moved_to_another_worker(

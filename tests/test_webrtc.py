@@ -28,6 +28,7 @@ from streams.auth import TokenAuthority
 from streams.server import close_pc
 from streams.settings import WebRtcSettings
 from tests.edge import Edge, Microphone, served_anchor
+from tests.helpers import until
 
 SECRET = "s" * 40
 SIZE = 256
@@ -95,12 +96,6 @@ async def connect(url: str, *, token: str | None = None) -> Viewer:
     assert status == 200, body
     await pc.setRemoteDescription(RTCSessionDescription(sdp=body["sdp"], type="answer"))
     return viewer
-
-
-async def until(condition: Any, timeout_s: float = 20.0) -> None:
-    async with asyncio.timeout(timeout_s):
-        while not condition():  # noqa: ASYNC110 - polls state kept by aiortc callbacks
-            await asyncio.sleep(0.05)
 
 
 async def post(url: str, path: str, **kwargs: Any) -> tuple[int, Any]:

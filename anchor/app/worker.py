@@ -36,7 +36,6 @@ import aiomqtt
 from prometheus_client import Gauge
 
 from anchor.app.live import anchor_graph, default_portrait, drain, live_responder
-from anchor.app.mqtt_control import SessionControl
 from anchor.app.settings import AppSettings
 from anchor.core.aio import TaskOwner
 from anchor.core.config import ConfigError
@@ -107,7 +106,6 @@ class Hosted:
     desk: NewsDesk
     lease: Lease
     owner: TaskOwner
-    control: SessionControl
     stopping: bool = False
 
 
@@ -201,7 +199,6 @@ class Worker:
         hosted = self.state.hosted.get(session_id)
         if hosted is None:
             return
-        hosted.control.draining = True
         hosted.desk.set_on_air(False)
         await drain(self.server, hosted.session, self.settings.webrtc.drain_grace_s)
         try:
@@ -365,9 +362,8 @@ class Worker:
         owner = TaskOwner(f"session:{sid}", self.settings.graph.cancel_timeout_s, failed)
         owner.spawn(desk.run(), "news-desk")
         owner.spawn(self._forward_events(sid, session, epoch), "events")
-        control = SessionControl(session, desk=desk, responder=programme.responder)
         self.server.add_session(sid, session, desk)
-        return Hosted(session, desk, lease, owner, control)
+        return Hosted(session, desk, lease, owner)
 
     async def _forward_events(self, sid: str, session: Session, epoch: int) -> None:
         """The session's public events to ``{topic}/sessions/{sid}/events``, wherever it runs."""

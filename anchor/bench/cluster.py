@@ -422,14 +422,14 @@ async def measure_cluster(
             result["failover_sigkill_s"] = None if back is None else round(back - killed_at, 3)
             again = audience.speaking_again(victim_session, killed_wall, victim)
             result["restarted_sigkill_s"] = None if again is None else round(again - killed_wall, 3)
-            rig.worker_processes[victim].wait(timeout=10)
+            await asyncio.to_thread(rig.worker_processes[victim].wait, 10)
             rig.start_worker(victim)  # as Kubernetes would
             await until_workers(http, rig, len(rig.workers))
             # A link cut.
             cut_session = next(n for n in names if n != victim_session)
             cut = await holder_of(rig, cut_session)
             cut_at, cut_wall = time.monotonic(), time.time()
-            rig.network.cut(cut)
+            await asyncio.to_thread(rig.network.cut, cut)  # `ip` runs beside the viewers, not on their loop
             back = await _speech_again(viewers[cut_session], cut_at, 30.0)
             result["failover_cut_link_s"] = None if back is None else round(back - cut_at, 3)
             again = audience.speaking_again(cut_session, cut_wall, cut)
@@ -437,7 +437,7 @@ async def measure_cluster(
             await asyncio.sleep(
                 max(0.0, 6.0 - (time.monotonic() - cut_at))
             )  # past its lease, whatever happened
-            rig.network.restore(cut)
+            await asyncio.to_thread(rig.network.restore, cut)
             restored = time.time()
             await asyncio.sleep(4.0)
             result["cut_worker_after_restore"] = {

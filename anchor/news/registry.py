@@ -31,9 +31,6 @@ class Holding:
     epoch: int
     live: bool  # the lease has not run out
 
-    def as_dict(self) -> dict[str, object]:
-        return {"session": self.session, "holder": self.holder, "url": self.url, "epoch": self.epoch}
-
 
 class SessionRegistry:
     def __init__(self, db: Database) -> None:
