@@ -42,7 +42,7 @@ from prometheus_client import (
 from anchor.app.settings import AppSettings
 from anchor.core.commands import CommandError, decode_object
 from anchor.core.config import ConfigError
-from anchor.news.database import DatabaseError, open_database
+from anchor.news.database import Database, DatabaseError, open_database
 from anchor.news.registry import SessionRegistry
 from streams.auth import AuthError, Claims, Grant, TokenAuthority
 from streams.cluster_bus import Bus, Requests, StartReply, StartRequest, Topics, WorkerStatus, decode, encode
@@ -115,6 +115,7 @@ class Gateway:
         )
         room.set_function(lambda: float(self.room()))
         self._http: aiohttp.ClientSession | None = None
+        self._db: Database | None = None  # opened by start()
         self._listener: asyncio.Server | None = None
         self._runner: web.AppRunner | None = None
         self.app = web.Application(
@@ -147,7 +148,7 @@ class Gateway:
             await db.open()
         except DatabaseError as exc:
             raise ConfigError(str(exc)) from None
-        self.db = db
+        self._db = db
         self.registry = SessionRegistry(db)
         # A worker cut off answers no SYN: give up on connecting long before the whole request's time. And
         # a connection per request (no keep-alive): a pooled one to a worker since cut off would wait for
@@ -189,8 +190,9 @@ class Gateway:
         if self._http is not None:
             await self._http.close()
             self._http = None
-        if hasattr(self, "db"):
-            await self.db.aclose()
+        if self._db is not None:
+            await self._db.aclose()
+            self._db = None
 
     # -- the workers -------------------------------------------------------------------
     async def _message(self, message: aiomqtt.Message) -> None:
